@@ -1,1 +1,28 @@
+//! # Inferno
+//!
+//! A self-hosted LLM inference server: real llama.cpp inference behind a secured,
+//! documented API, with every action recorded in a tamper-evident event log.
+//!
+//! # Layout
+//!
+//! - [`config`]: one typed `Config` from defaults, a TOML file and `INFERNO_` variables.
+//! - [`cli`]: the `inferno` command line; `main.rs` only parses and calls it.
+//! - [`server`]: wiring of the shared state and the server's lifecycle.
+//! - [`api`]: poem-openapi resources, the error body, middleware and TLS. Only this module
+//!   knows HTTP.
+//! - [`auth`]: users, argon2id passwords, JWTs, API keys, permissions, roles, `Principal`.
+//! - [`ratelimit`]: limits per principal and login throttling, with header values.
+//! - [`events`]: the hash-chained event log in fjall, projections, replay, upcasters.
+//! - [`audit`]: audit queries over the log; redaction rules for log lines.
+//! - [`logging`]: tracing set-up with redaction on every line.
+#![deny(unsafe_code)]
 
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod logging;
+pub mod ratelimit;
+pub mod server;

@@ -1,0 +1,168 @@
+//! Event log benchmark: durable append throughput and latency (1 and 64 appenders),
+//! verify throughput, full replay time and start-up time with N events in the log.
+//!
+//! `cargo run --example events_bench -- [N]` (N defaults to 1_000_000). Uses a temp dir
+//! next to the system temp; numbers depend on the disk's fsync latency.
+
+use inferno::events::admin;
+use inferno::events::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn job_events(j: u64) -> Vec<Event> {
+    let job_id = format!("job-{j:012}");
+    vec![
+        Event::InferenceQueued(InferenceQueued {
+            job_id: job_id.clone(),
+            model: "tiny".into(),
+            params: json!({"max_tokens": 64, "temperature": 0.7}),
+            prompt: ContentRecord::new("Write a haiku about fjall.", false),
+        }),
+        Event::InferenceStarted(InferenceStarted {
+            job_id: job_id.clone(),
+        }),
+        Event::InferenceCompleted(InferenceCompleted {
+            job_id,
+            finish_reason: "stop".into(),
+            prompt_tokens: 7,
+            completion_tokens: 17,
+            timings: json!({"prompt_ms": 3, "gen_ms": 140}),
+            output: ContentRecord::new(
+                "Old keyspace / a frog jumps into the log / sound of fsync",
+                false,
+            ),
+        }),
+        Event::LoginSucceeded(LoginSucceeded {
+            user_id: "u1".into(),
+            username: "alice".into(),
+            jti: format!("jti-{j}"),
+        }),
+    ]
+}
+
+fn ctx() -> EventContext {
+    EventContext {
+        actor: Actor::api_key("bench-key"),
+        request_id: Some("bench".into()),
+        client_ip: None,
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// `appenders` tasks each appending `per_task` single events; returns (events/s, latencies).
+async fn run_single_event_appends(
+    store: &EventStore,
+    appenders: u64,
+    per_task: u64,
+) -> (f64, Vec<Duration>) {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..appenders {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_task as usize);
+            for i in 0..per_task {
+                let ev = job_events(t * 1_000_000 + i).swap_remove((i % 4) as usize);
+                let t0 = Instant::now();
+                store.append(&ctx(), vec![ev]).await.expect("append");
+                lat.push(t0.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("task"));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    ((appenders * per_task) as f64 / secs, lat)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .map(|s| s.replace('_', "").parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir()?;
+    println!("events_bench: N = {n}, dir = {}", dir.path().display());
+    let store = EventStore::open(dir.path(), default_projections(), StoreOptions::default())?;
+
+    let per = (n / 4).clamp(10, 500);
+    let (rate, lat) = run_single_event_appends(&store, 1, per).await;
+    println!(
+        "1 appender, 1 event/append:    {rate:>10.0} events/s  p50 {:?}  p99 {:?}  ({} appends)",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.len()
+    );
+    let per = (n / 64).clamp(10, 500);
+    let (rate, lat) = run_single_event_appends(&store, 64, per).await;
+    println!(
+        "64 appenders, 1 event/append:  {rate:>10.0} events/s  p50 {:?}  p99 {:?}  ({} appends)",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.len()
+    );
+
+    // Fill the log up to N with 64 appenders appending one job lifecycle (4 events) each.
+    let have = store.head().0;
+    let remaining = n.saturating_sub(have);
+    let per_task = remaining / 4 / 64;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_task {
+                store
+                    .append(&ctx(), job_events(10_000_000 + t * per_task + i))
+                    .await
+                    .expect("append");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let filled = store.head().0 - have;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "64 appenders, 4 events/append: {:>10.0} events/s  ({filled} events in {secs:.1}s)",
+        filled as f64 / secs
+    );
+
+    let total = store.head().0;
+    let s = store.clone();
+    let start = Instant::now();
+    let report = tokio::task::spawn_blocking(move || s.verify()).await?;
+    let secs = start.elapsed().as_secs_f64();
+    assert!(report.ok, "{report:?}");
+    println!(
+        "verify:                        {:>10.0} events/s  ({total} events in {secs:.2}s)",
+        total as f64 / secs
+    );
+    store.shutdown().await;
+    drop(store);
+
+    let start = Instant::now();
+    let store = EventStore::open(dir.path(), default_projections(), StoreOptions::default())?;
+    println!("open (start-up) with {total} events: {:?}", start.elapsed());
+    store.shutdown().await;
+    drop(store);
+
+    let start = Instant::now();
+    let r = admin::replay(dir.path(), false)?;
+    println!(
+        "replay of {} events:           {:.2}s  (records: {:?})",
+        r.events,
+        start.elapsed().as_secs_f64(),
+        r.records
+    );
+    Ok(())
+}

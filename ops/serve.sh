@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Quick start: set up, build and serve Inferno on http://127.0.0.1:8080 with the embedded
+# defaults (data in ./data, models in ./models). On first start the admin password is
+# printed once (set INFERNO_ADMIN_PASSWORD to choose it). Extra arguments go to `serve`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inferno/target}"
+ops/setup.sh models
+cargo build --bin inferno
+exec "$CARGO_TARGET_DIR/debug/inferno" serve --models-dir models "$@"

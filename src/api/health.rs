@@ -1,0 +1,40 @@
+//! Liveness and readiness.
+
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+
+use super::error::ApiError;
+use super::ApiTags;
+use crate::server::AppState;
+
+#[derive(Debug, Object)]
+pub struct HealthStatus {
+    /// `ok` for liveness, `ready` for readiness.
+    pub status: String,
+}
+
+pub struct HealthApi;
+
+#[OpenApi(tag = "ApiTags::Health")]
+impl HealthApi {
+    /// Liveness: the process is up and serving HTTP. No authentication.
+    #[oai(path = "/health", method = "get", operation_id = "health")]
+    async fn health(&self) -> Json<HealthStatus> {
+        Json(HealthStatus {
+            status: "ok".into(),
+        })
+    }
+
+    /// Readiness: 503 until the event store and the workers are up. No authentication.
+    #[oai(path = "/ready", method = "get", operation_id = "ready")]
+    async fn ready(&self, state: Data<&AppState>) -> Result<Json<HealthStatus>, ApiError> {
+        if state.is_ready() {
+            Ok(Json(HealthStatus {
+                status: "ready".into(),
+            }))
+        } else {
+            Err(ApiError::unavailable("starting up", 1))
+        }
+    }
+}

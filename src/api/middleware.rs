@@ -1,0 +1,157 @@
+//! Request-scoped middleware: request ids, the access log, and the streamed body limit.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::StreamExt;
+use poem::http::{HeaderValue, Method};
+use poem::{Body, Endpoint, IntoResponse, Request, Response, Result};
+
+use super::error::{error_response, ApiError, REQUEST_ID};
+
+/// Filled in by authentication so the access log can name the user.
+#[derive(Clone, Default)]
+pub struct AccessInfo(Arc<Mutex<Option<String>>>);
+
+impl AccessInfo {
+    pub fn set_user(&self, user_id: &str) {
+        *self.0.lock().expect("access info lock") = Some(user_id.to_string());
+    }
+
+    fn user(&self) -> Option<String> {
+        self.0.lock().expect("access info lock").clone()
+    }
+}
+
+/// A request id we keep: 1 to 128 characters of `[A-Za-z0-9._:-]`.
+fn valid_request_id(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+}
+
+/// The client's IP without the port.
+pub fn client_ip(req: &Request) -> String {
+    req.remote_addr()
+        .as_socket_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "-".to_string())
+}
+
+/// Gives each request an id (keeping a valid incoming `X-Request-Id`, refusing an invalid
+/// one), writes one access-log record per request, and turns every error into the body.
+pub async fn observe<E: Endpoint>(ep: Arc<E>, mut req: Request) -> Result<Response> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let ip = client_ip(&req);
+    let info = AccessInfo::default();
+    req.extensions_mut().insert(info.clone());
+
+    let incoming = req
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().map(str::to_string));
+    let (request_id, rejected) = match incoming {
+        Some(Ok(id)) if valid_request_id(&id) => (id, false),
+        Some(_) => (uuid::Uuid::now_v7().to_string(), true),
+        None => (uuid::Uuid::now_v7().to_string(), false),
+    };
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+
+    let mut resp = REQUEST_ID
+        .scope(request_id.clone(), async move {
+            if rejected {
+                return ApiError::field(
+                    "X-Request-Id",
+                    "X-Request-Id must be 1 to 128 characters of letters, digits, '.', '_', ':' or '-'",
+                )
+                .into_response();
+            }
+            match ep.call(req).await {
+                Ok(r) => r.into_response(),
+                Err(e) => error_response(e),
+            }
+        })
+        .await;
+
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(
+        target: "inferno::access",
+        request_id = %request_id,
+        client_ip = %ip,
+        user_id = %info.user().unwrap_or_else(|| "-".into()),
+        method = %method,
+        route = %path,
+        status = resp.status().as_u16(),
+        duration_ms = format!("{elapsed_ms:.2}"),
+        "request"
+    );
+    Ok(resp)
+}
+
+/// The id of the request being served, for events and error bodies.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// Limits request bodies by the bytes actually streamed, so a chunked body without
+/// Content-Length is limited too; a declared Content-Length over the limit is refused at once.
+/// Model uploads get their own, larger limit.
+#[derive(Clone, Copy)]
+pub struct BodyLimits {
+    pub default: u64,
+    pub upload: u64,
+}
+
+impl BodyLimits {
+    fn for_request(&self, req: &Request) -> u64 {
+        if req.method() == Method::POST && req.uri().path() == "/api/v1/models" {
+            self.upload
+        } else {
+            self.default
+        }
+    }
+}
+
+pub async fn limit_body<E: Endpoint>(
+    ep: Arc<E>,
+    mut req: Request,
+    limits: BodyLimits,
+) -> Result<Response> {
+    let limit = limits.for_request(&req);
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Ok(ApiError::too_large(limit).into_response());
+    }
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicU64::new(0));
+    let flag = exceeded.clone();
+    let body = req.take_body().into_bytes_stream().map(move |chunk| {
+        let chunk = chunk?;
+        let total = seen.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+        if total > limit {
+            flag.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other("request body too large"));
+        }
+        Ok(chunk)
+    });
+    req.set_body(Body::from_bytes_stream(body));
+    let resp = match ep.call(req).await {
+        Ok(r) => r.into_response(),
+        Err(e) => error_response(e),
+    };
+    if exceeded.load(Ordering::Relaxed) {
+        return Ok(ApiError::too_large(limit).into_response());
+    }
+    Ok(resp)
+}

@@ -1,0 +1,119 @@
+//! The HTTP API: poem-openapi resources (one file each), the error body, middleware and TLS.
+//!
+//! Layering, outermost first: error body ▸ request id + access log ▸ CORS ▸ error body ▸
+//! body limit ▸ authentication + rate limit ▸ routes (each checks its permission). Only this module knows status codes.
+
+mod audit;
+mod auth;
+pub mod error;
+mod health;
+mod keys;
+pub mod middleware;
+pub mod security;
+pub mod tls;
+mod users;
+
+use poem::middleware::Cors;
+use poem::{Endpoint, EndpointExt, Route};
+use poem_openapi::{OpenApiService, Tags};
+
+use crate::config::Config;
+use crate::server::AppState;
+use error::error_response;
+use middleware::BodyLimits;
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Liveness and readiness.
+    Health,
+    /// Login, logout, identity.
+    Auth,
+    /// API keys.
+    ApiKeys,
+    /// User management.
+    Users,
+    /// The event log: query, tail, verify, export.
+    Audit,
+}
+
+/// Every resource of the API, in one tuple.
+pub type Apis = (
+    health::HealthApi,
+    auth::AuthApi,
+    keys::KeysApi,
+    users::UsersApi,
+    audit::AuditApi,
+);
+
+fn apis() -> Apis {
+    (
+        health::HealthApi,
+        auth::AuthApi,
+        keys::KeysApi,
+        users::UsersApi,
+        audit::AuditApi,
+    )
+}
+
+/// The OpenAPI service; the spec it produces is committed as `openapi/openapi.json`.
+pub fn api_service() -> OpenApiService<Apis, ()> {
+    OpenApiService::new(apis(), "Inferno", env!("CARGO_PKG_VERSION"))
+        .description(
+            "Self-hosted LLM inference with a secured API and a tamper-evident event log. \
+             Every error uses the body {\"error\": {\"code\", \"message\", \"details\"}}.",
+        )
+        .server("/")
+}
+
+/// The spec as pretty JSON (what `inferno openapi` prints).
+pub fn spec_json() -> String {
+    api_service().spec()
+}
+
+fn cors(cfg: &Config) -> Option<Cors> {
+    let server = &cfg.server;
+    if server.cors_origins.is_empty() {
+        return None;
+    }
+    let cors = Cors::new()
+        .allow_origins(server.cors_origins.iter().map(String::as_str))
+        .allow_methods(server.cors_methods.iter().map(String::as_str))
+        .allow_headers(server.cors_headers.iter().map(String::as_str))
+        .expose_headers([
+            "x-request-id",
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+            "retry-after",
+        ])
+        .max_age(600);
+    Some(cors)
+}
+
+/// The whole application endpoint.
+pub fn app(state: AppState) -> impl Endpoint + 'static {
+    let cfg = state.config();
+    let service = api_service();
+    let spec = service.spec_endpoint();
+    let docs = service.swagger_ui();
+    let limits = BodyLimits {
+        default: cfg.server.max_body_bytes,
+        upload: cfg.models.max_upload_bytes,
+    };
+    let routes = Route::new()
+        .at("/api/v1/openapi.json", spec)
+        .nest("/docs", docs)
+        .nest("/", service)
+        .around(security::authenticate)
+        .around(move |ep, req| middleware::limit_body(ep, req, limits))
+        .catch_all_error(|e| async move { error_response(e) });
+    let cors = cors(&cfg);
+    let with_cors: poem::endpoint::BoxEndpoint<'static> = match cors {
+        Some(c) => routes.with(c).boxed(),
+        None => routes.boxed(),
+    };
+    with_cors
+        .catch_all_error(|e| async move { error_response(e) })
+        .around(middleware::observe)
+        .data(state)
+}

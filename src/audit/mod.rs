@@ -1,0 +1,3 @@
+//! Audit queries and export over the event log; redaction rules for logs.
+
+pub mod redact;

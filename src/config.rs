@@ -1,0 +1,413 @@
+//! One typed configuration: defaults, then a TOML file, then `INFERNO_` environment
+//! variables (`__` nests: `INFERNO_SERVER__BIND=0.0.0.0:8080`).
+//!
+//! Unknown keys are an error that names the key. Secrets are wrapped in [`Secret`], whose
+//! `Debug` and `Display` print `***`, so a config dump never leaks them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A string that never shows itself in `Debug` or `Display` output.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub storage: StorageConfig,
+    pub models: ModelsConfig,
+    pub queue: QueueConfig,
+    /// Absent means no NATS.
+    pub nats: Option<NatsConfig>,
+    pub logging: LoggingConfig,
+    pub audit: AuditConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub bind: String,
+    /// Origins allowed by CORS; empty means no CORS headers at all.
+    pub cors_origins: Vec<String>,
+    pub cors_methods: Vec<String>,
+    pub cors_headers: Vec<String>,
+    /// Largest request body accepted, counted on the streamed bytes (not Content-Length).
+    pub max_body_bytes: u64,
+    /// How long in-flight requests may run after SIGINT/SIGTERM before the server exits.
+    pub shutdown_timeout_secs: u64,
+    /// Absent means plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            cors_origins: Vec::new(),
+            cors_methods: vec!["GET".into(), "POST".into(), "DELETE".into()],
+            cors_headers: vec![
+                "Authorization".into(),
+                "Content-Type".into(),
+                "X-API-Key".into(),
+            ],
+            max_body_bytes: 10 * 1024 * 1024,
+            shutdown_timeout_secs: 30,
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// "1.2" (default; 1.3 is preferred when the client offers it) or "1.3".
+    #[serde(default = "default_tls_min")]
+    pub min_version: String,
+}
+
+fn default_tls_min() -> String {
+    "1.2".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 secret; when absent one is generated once and kept in the data dir (mode 0600).
+    pub jwt_secret: Option<Secret>,
+    pub token_ttl_hours: u64,
+    /// Login attempts allowed per minute, per client IP and per username.
+    pub login_attempts_per_minute: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            token_ttl_hours: 24,
+            login_attempts_per_minute: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_prompt_chars: usize,
+    /// Requests per minute per principal (API key, or user for JWTs).
+    pub requests_per_minute: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_prompt_chars: 10_000,
+            requests_per_minute: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Folder scanned for `*.gguf`; the model id is the file stem.
+    pub dir: PathBuf,
+    /// Model used when a request names none.
+    pub default: Option<String>,
+    /// Concurrent sequences (slots) per loaded model.
+    pub parallel: usize,
+    /// llama.cpp threads per model; 0 means the number of cores.
+    pub threads: usize,
+    /// Context tokens per slot.
+    pub ctx_per_slot: u32,
+    /// Models kept loaded at once; the least recently used idle one is unloaded first.
+    pub max_loaded: usize,
+    /// Largest model upload, counted on the streamed bytes.
+    pub max_upload_bytes: u64,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("./models"),
+            default: None,
+            parallel: 4,
+            threads: 0,
+            ctx_per_slot: 2048,
+            max_loaded: 2,
+            max_upload_bytes: 32 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// "embedded" or "postgres".
+    pub backend: String,
+    /// PostgreSQL URL when `backend = "postgres"`; may hold a password.
+    pub url: Option<Secret>,
+    /// Jobs waiting at most; beyond it clients get 503 with Retry-After.
+    pub max_depth: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            backend: "embedded".into(),
+            url: None,
+            max_depth: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// May hold credentials.
+    pub url: Secret,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// "text" or "json".
+    pub format: String,
+    /// tracing filter, e.g. "info" or "inferno=debug,info".
+    pub level: String,
+    /// When set, logs also go to a daily-rolling file in this folder.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+            dir: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Store prompt and output text in inference events (default: SHA-256 and length only).
+    pub record_content: bool,
+}
+
+/// Why a configuration could not be loaded; the message names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration error: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then `file` (when given), then `INFERNO_*__*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Config::load`] with an explicit environment, so precedence is testable.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // Only nested keys are configuration; INFERNO_ADMIN_PASSWORD and friends are not.
+        let vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("INFERNO_") && k.contains("__"))
+            .collect();
+        figment = figment.merge(EnvVars(vars));
+        let config: Config = figment.extract().map_err(describe)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.bind_addr()?;
+        if !matches!(self.logging.format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(format!(
+                "logging.format must be \"text\" or \"json\", not {:?}",
+                self.logging.format
+            )));
+        }
+        if !matches!(self.queue.backend.as_str(), "embedded" | "postgres") {
+            return Err(ConfigError::Invalid(format!(
+                "queue.backend must be \"embedded\" or \"postgres\", not {:?}",
+                self.queue.backend
+            )));
+        }
+        if let Some(tls) = &self.server.tls {
+            if !matches!(tls.min_version.as_str(), "1.2" | "1.3") {
+                return Err(ConfigError::Invalid(format!(
+                    "server.tls.min_version must be \"1.2\" or \"1.3\", not {:?}",
+                    tls.min_version
+                )));
+            }
+        }
+        if self.models.parallel == 0 {
+            return Err(ConfigError::Invalid(
+                "models.parallel must be at least 1".into(),
+            ));
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "server.max_body_bytes must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.bind.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "server.bind must be an address like 127.0.0.1:8080, not {:?}",
+                self.server.bind
+            ))
+        })
+    }
+
+    /// The configuration as TOML with secrets masked, for `inferno config show`-style dumps.
+    pub fn redacted_toml(&self) -> String {
+        let mut value = toml::Value::try_from(self).unwrap_or(toml::Value::Boolean(false));
+        mask(
+            &mut value,
+            &[("auth", "jwt_secret"), ("queue", "url"), ("nats", "url")],
+        );
+        toml::to_string_pretty(&value).unwrap_or_default()
+    }
+}
+
+fn mask(value: &mut toml::Value, paths: &[(&str, &str)]) {
+    for (section, key) in paths {
+        if let Some(v) = value.get_mut(*section).and_then(|t| t.get_mut(*key)) {
+            *v = toml::Value::String("***".into());
+        }
+    }
+}
+
+/// Environment provider over an explicit list of variables (so tests need not touch the
+/// process environment), with figment's `__` nesting and lower-cased keys.
+struct EnvVars(Vec<(String, String)>);
+
+impl figment::Provider for EnvVars {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("INFERNO_ environment variable")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (key, raw) in &self.0 {
+            let key = key.trim_start_matches("INFERNO_").to_ascii_lowercase();
+            let path: Vec<&str> = key.split("__").collect();
+            let value: figment::value::Value = raw.parse().expect("figment values parse");
+            insert_path(&mut dict, &path, value);
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn insert_path(dict: &mut figment::value::Dict, path: &[&str], value: figment::value::Value) {
+    use figment::value::{Tag, Value};
+    if path.len() == 1 {
+        dict.insert(path[0].to_string(), value);
+        return;
+    }
+    let entry = dict
+        .entry(path[0].to_string())
+        .or_insert_with(|| Value::Dict(Tag::Default, figment::value::Dict::new()));
+    if let Value::Dict(_, inner) = entry {
+        insert_path(inner, &path[1..], value);
+    }
+}
+
+/// Turns figment's error into one line that names the key, e.g.
+/// `unknown field `bnd` in server (from /etc/inferno.toml)`.
+fn describe(err: figment::Error) -> ConfigError {
+    let mut parts = Vec::new();
+    for e in err {
+        let key = e.path.join(".");
+        let source = e
+            .metadata
+            .as_ref()
+            .map(|m| match &m.source {
+                Some(src) => format!("{} {}", m.name, src),
+                None => m.name.to_string(),
+            })
+            .unwrap_or_default();
+        let kind = e.kind.to_string();
+        let mut msg = if key.is_empty() {
+            kind
+        } else {
+            format!("{kind} at key `{key}`")
+        };
+        if !source.is_empty() {
+            msg.push_str(&format!(" (from {source})"));
+        }
+        parts.push(msg);
+    }
+    ConfigError::Invalid(parts.join("; "))
+}

@@ -1,0 +1,277 @@
+//! The envelope around every stored event, its canonical encoding and the hash chain.
+//!
+//! # Hash rule (for auditors)
+//!
+//! Every envelope is stored, and exported by `inferno audit export`, as one JSON object with
+//! exactly these keys: `seq` (integer, 1, 2, 3, ... without gaps), `id` (UUID v7, lowercase
+//! hyphenated), `ts` (string, UTC, formatted `%Y-%m-%dT%H:%M:%S%.6fZ`, e.g.
+//! `2025-01-31T09:08:07.123456Z`), `type` (string, e.g. `user.created`), `version`
+//! (integer), `actor` (object `{"kind": "user"|"api_key"|"system", "id": string}`),
+//! `request_id` (string or null), `client_ip` (string or null), `payload` (any JSON object),
+//! `prev_hash` (64 lowercase hex chars) and `hash` (64 lowercase hex chars).
+//!
+//! To recompute `hash` in any language:
+//!
+//! 1. Take the envelope object and remove the `hash` key. Keep every other key, including
+//!    those whose value is `null`.
+//! 2. Serialize it as JSON with object keys sorted lexicographically by their UTF-8 bytes at
+//!    every depth (inside `actor` and `payload` too), no whitespace between tokens, UTF-8
+//!    output, strings escaped minimally: `"` → `\"`, `\` → `\\`, U+0008/0009/000A/000C/000D
+//!    → `\b \t \n \f \r`, other control characters below U+0020 → `\u00xx` (lowercase hex),
+//!    everything else (including `/` and non-ASCII) written as is. Numbers are written
+//!    exactly as they appear in the export (integers without a fraction or exponent), so an
+//!    auditor should keep the export's number text rather than re-format floats. This is
+//!    what `serde_json` and Python's `json.dumps(obj, sort_keys=True, separators=(",", ":"),
+//!    ensure_ascii=False)` produce for integers and strings.
+//! 3. `hash = lowercase_hex(SHA-256(prev_hash_as_64_ascii_hex_bytes || canonical_bytes))`.
+//! 4. The first event (`seq` 1) has `prev_hash` = 64 `0` characters ([`GENESIS_HASH`]);
+//!    every later event's `prev_hash` equals the previous event's `hash`.
+//!
+//! The chain is intact iff, for every event in `seq` order, step 3 reproduces its `hash`
+//! and step 4 holds.
+
+use super::error::EventError;
+use super::types::Event;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// `prev_hash` of the first event: 64 ASCII zeros.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The `ts` format of envelopes (microseconds, always six digits, `Z`).
+pub const TS_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
+
+/// Who caused an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorKind {
+    User,
+    ApiKey,
+    System,
+}
+
+impl ActorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::User => "user",
+            ActorKind::ApiKey => "api_key",
+            ActorKind::System => "system",
+        }
+    }
+}
+
+/// The principal behind an event: a user id, an API key id, or `system`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Actor {
+    pub kind: ActorKind,
+    pub id: String,
+}
+
+impl Actor {
+    /// The server itself (start-up, schedulers, CLI maintenance).
+    pub fn system() -> Actor {
+        Actor {
+            kind: ActorKind::System,
+            id: "system".to_string(),
+        }
+    }
+    pub fn user(id: impl Into<String>) -> Actor {
+        Actor {
+            kind: ActorKind::User,
+            id: id.into(),
+        }
+    }
+    pub fn api_key(id: impl Into<String>) -> Actor {
+        Actor {
+            kind: ActorKind::ApiKey,
+            id: id.into(),
+        }
+    }
+}
+
+/// Request-scoped facts copied into every envelope of one append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventContext {
+    pub actor: Actor,
+    pub request_id: Option<String>,
+    pub client_ip: Option<String>,
+}
+
+impl EventContext {
+    pub fn system() -> EventContext {
+        EventContext {
+            actor: Actor::system(),
+            request_id: None,
+            client_ip: None,
+        }
+    }
+}
+
+/// A prompt or completion as the log sees it: always its digest and length, the text only
+/// when the operator enabled content recording.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentRecord {
+    /// Lowercase hex SHA-256 of the UTF-8 text.
+    pub sha256: String,
+    /// Length in bytes.
+    pub length: usize,
+    pub text: Option<String>,
+}
+
+impl ContentRecord {
+    pub fn new(text: &str, record_content: bool) -> ContentRecord {
+        ContentRecord {
+            sha256: hex::encode(Sha256::digest(text.as_bytes())),
+            length: text.len(),
+            text: record_content.then(|| text.to_string()),
+        }
+    }
+}
+
+/// One stored event. Field order here is the stored/exported order; the hash uses the
+/// sorted canonical form described in the module docs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub seq: u64,
+    pub id: Uuid,
+    #[serde(with = "ts_format")]
+    pub ts: DateTime<Utc>,
+    #[serde(rename = "type")]
+    pub r#type: String,
+    pub version: u32,
+    pub actor: Actor,
+    pub request_id: Option<String>,
+    pub client_ip: Option<String>,
+    pub payload: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl Envelope {
+    /// The canonical bytes hashed into the chain: the envelope without `hash`, keys sorted
+    /// at every depth, compact. See the module docs.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        // Keys in sorted order: actor, client_ip, id, payload, prev_hash, request_id, seq,
+        // ts, type, version.
+        out.extend_from_slice(b"{\"actor\":{\"id\":");
+        write_str(&mut out, &self.actor.id);
+        out.extend_from_slice(b",\"kind\":");
+        write_str(&mut out, self.actor.kind.as_str());
+        out.extend_from_slice(b"},\"client_ip\":");
+        write_opt_str(&mut out, self.client_ip.as_deref());
+        out.extend_from_slice(b",\"id\":");
+        write_str(&mut out, &self.id.hyphenated().to_string());
+        out.extend_from_slice(b",\"payload\":");
+        write_canonical_value(&mut out, &self.payload);
+        out.extend_from_slice(b",\"prev_hash\":");
+        write_str(&mut out, &self.prev_hash);
+        out.extend_from_slice(b",\"request_id\":");
+        write_opt_str(&mut out, self.request_id.as_deref());
+        out.extend_from_slice(b",\"seq\":");
+        out.extend_from_slice(self.seq.to_string().as_bytes());
+        out.extend_from_slice(b",\"ts\":");
+        write_str(&mut out, &format_ts(&self.ts));
+        out.extend_from_slice(b",\"type\":");
+        write_str(&mut out, &self.r#type);
+        out.extend_from_slice(b",\"version\":");
+        out.extend_from_slice(self.version.to_string().as_bytes());
+        out.push(b'}');
+        out
+    }
+
+    /// `hex(SHA-256(prev_hash || canonical_bytes))`.
+    pub fn compute_hash(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.prev_hash.as_bytes());
+        h.update(self.canonical_bytes());
+        hex::encode(h.finalize())
+    }
+
+    /// Decodes the payload into a current-version [`Event`], upcasting old versions.
+    pub fn event(&self) -> Result<Event, EventError> {
+        Event::decode(&self.r#type, self.version, self.payload.clone())
+    }
+
+    /// The stored (and exported) JSON form, one line, no trailing newline.
+    pub fn to_stored_bytes(&self) -> Vec<u8> {
+        // Serializing a struct of strings, numbers and a Value cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_stored_bytes(seq_hint: u64, bytes: &[u8]) -> Result<Envelope, EventError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| EventError::decode(format!("event {seq_hint}"), e))
+    }
+}
+
+/// Formats a timestamp the way envelopes store it.
+pub fn format_ts(ts: &DateTime<Utc>) -> String {
+    ts.format(TS_FORMAT).to_string()
+}
+
+mod ts_format {
+    use chrono::{DateTime, NaiveDateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&ts.format(super::TS_FORMAT))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        NaiveDateTime::parse_from_str(&s, super::TS_FORMAT)
+            .map(|n| n.and_utc())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+fn write_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => write_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    // serde_json's string escaping is exactly the minimal escaping documented above.
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Writes `v` compactly with object keys sorted by their bytes at every depth, whatever
+/// order the map itself keeps (serde_json may be built with `preserve_order`).
+pub(crate) fn write_canonical_value(out: &mut Vec<u8>, v: &serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(out, k);
+                out.push(b':');
+                write_canonical_value(out, v);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical_value(out, item);
+            }
+            out.push(b']');
+        }
+        other => {
+            let _ = serde_json::to_writer(&mut *out, other);
+        }
+    }
+}

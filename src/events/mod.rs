@@ -1,0 +1,35 @@
+//! # The event log
+//!
+//! The append-only, hash-chained event log is Inferno's source of truth and its audit
+//! trail. Every state change is a typed, versioned [`Event`] wrapped in an [`Envelope`]
+//! that carries a gap-free `seq` and a SHA-256 chain (`prev_hash`, `hash`). Read models
+//! (users, API keys, models, jobs, ...) are [`Projection`]s: folds over the log written in
+//! the same atomic fjall batch as the events they fold, and rebuildable at any time.
+//!
+//! ## Layout
+//!
+//! | file | role |
+//! |---|---|
+//! | `types.rs` | the [`Event`] enum, one payload struct per variant, upcasters for old versions |
+//! | `envelope.rs` | [`Envelope`], the canonical encoding and the hash rule an auditor re-implements |
+//! | `query.rs` | filtered, paged reads over the log and its type/actor indexes |
+//! | `store.rs` | [`EventStore`]: fjall keyspaces, the single writer (group commit + fsync), queries, verify |
+//! | `projections.rs` | the [`Projection`] trait, [`ProjectionTx`], the concrete read models and their read helpers |
+//! | `admin.rs` | offline `verify_dir`, `export`, `replay` for the CLI (server stopped) |
+//! | `migrate.rs` | numbered storage-layout migrations (described in `migrations/`) |
+//! | `error.rs` | [`EventError`], and how each variant reaches a client |
+
+pub mod admin;
+mod envelope;
+mod error;
+pub mod migrate;
+pub mod projections;
+mod query;
+mod store;
+mod types;
+
+pub use envelope::{Actor, ActorKind, ContentRecord, Envelope, EventContext, GENESIS_HASH};
+pub use error::EventError;
+pub use projections::{default_projections, Projection, ProjectionTx};
+pub use store::{EventPage, EventQuery, EventStore, StoreOptions, VerifyReport};
+pub use types::*;

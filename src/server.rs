@@ -1,0 +1,230 @@
+//! Wiring and lifecycle: builds the shared [`AppState`], binds the listener (plain or TLS),
+//! serves until SIGINT/SIGTERM, then finishes in-flight requests up to a timeout.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use poem::listener::{Acceptor, AcceptorExt, Listener, TcpListener};
+use poem::Server;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::auth::AuthService;
+use crate::config::Config;
+use crate::events::{EventStore, StoreOptions};
+use crate::ratelimit::RateLimits;
+
+struct Inner {
+    config: Arc<Config>,
+    ready: AtomicBool,
+    store: EventStore,
+    auth: AuthService,
+    limits: RateLimits,
+}
+
+/// Start-up choices that are not configuration.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Username of the first admin on an empty data dir (default `admin`).
+    pub admin_username: Option<String>,
+    /// Password of the first admin; when absent one is generated and printed once.
+    pub admin_password: Option<String>,
+    /// Start even when the tail of the event chain does not verify.
+    pub allow_broken_tail: bool,
+}
+
+impl StartOptions {
+    /// From `INFERNO_ADMIN_USERNAME` and `INFERNO_ADMIN_PASSWORD`.
+    pub fn from_env() -> Self {
+        Self {
+            admin_username: std::env::var("INFERNO_ADMIN_USERNAME").ok(),
+            admin_password: std::env::var("INFERNO_ADMIN_PASSWORD").ok(),
+            allow_broken_tail: false,
+        }
+    }
+}
+
+/// Everything a handler may reach, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+impl AppState {
+    pub fn config(&self) -> Arc<Config> {
+        self.inner.config.clone()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.inner.store
+    }
+
+    pub fn auth(&self) -> &AuthService {
+        &self.inner.auth
+    }
+
+    pub fn limits(&self) -> &RateLimits {
+        &self.inner.limits
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Release);
+    }
+}
+
+/// Installs the aws-lc-rs rustls provider process-wide (ring may be linked too).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// A server running on the current tokio runtime.
+pub struct RunningServer {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// `true` when serving HTTPS.
+    pub tls: bool,
+    pub state: AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Base URL such as `http://127.0.0.1:43117`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the configured timeout).
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.handle.await.context("server task panicked")??;
+        self.state.store().shutdown().await;
+        Ok(())
+    }
+
+    /// Waits until the server stops by itself.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.handle.await.context("server task panicked")??;
+        Ok(())
+    }
+}
+
+/// Opens the data dir, builds the state, binds and starts serving.
+pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<RunningServer> {
+    install_crypto_provider();
+    let addr = config.bind_addr()?;
+    std::fs::create_dir_all(&config.storage.data_dir)
+        .with_context(|| format!("creating data dir {}", config.storage.data_dir.display()))?;
+    let data_dir = config.storage.data_dir.clone();
+    let store = EventStore::open(
+        &data_dir,
+        crate::events::projections::default_projections(),
+        StoreOptions {
+            allow_broken_tail: opts.allow_broken_tail,
+        },
+    )
+    .with_context(|| format!("opening the event log in {}", data_dir.display()))?;
+    let auth = AuthService::new(store.clone(), &config.auth, &data_dir)?;
+    let admin = opts.admin_username.as_deref().unwrap_or("admin");
+    if let Some(generated) = auth
+        .bootstrap_admin(admin, opts.admin_password.clone())
+        .await?
+    {
+        // To the terminal only, never to the log.
+        eprintln!(
+            "\n  Created the first admin user {admin:?} with password: {generated}\n  \
+             It is shown once; change it with POST /api/v1/auth/password.\n"
+        );
+    }
+    let limits = RateLimits::new(
+        config.limits.requests_per_minute,
+        config.auth.login_attempts_per_minute,
+    );
+    let state = AppState {
+        inner: Arc::new(Inner {
+            config: Arc::new(config.clone()),
+            ready: AtomicBool::new(false),
+            store,
+            auth,
+            limits,
+        }),
+    };
+
+    let tcp = TcpListener::bind(addr)
+        .into_acceptor()
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let bound = tcp
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().copied())
+        .unwrap_or(addr);
+    let (acceptor, tls) = match &config.server.tls {
+        Some(tls_cfg) => {
+            let tls = crate::api::tls::server_config(tls_cfg)?;
+            (crate::api::tls::TlsAcceptor::new(tcp, tls).boxed(), true)
+        }
+        None => (tcp.boxed(), false),
+    };
+
+    let app = crate::api::app(state.clone());
+    let (tx, rx) = oneshot::channel::<()>();
+    let timeout = Duration::from_secs(config.server.shutdown_timeout_secs);
+    let handle = tokio::spawn(async move {
+        Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(
+                app,
+                async move {
+                    let _ = rx.await;
+                },
+                Some(timeout),
+            )
+            .await
+    });
+    state.set_ready(true);
+    tracing::info!(addr = %bound, tls, "inferno listening");
+    Ok(RunningServer {
+        addr: bound,
+        tls,
+        state,
+        shutdown: Some(tx),
+        handle,
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// `inferno serve`: start, then stop gracefully on a signal.
+pub async fn serve(config: Config, opts: StartOptions) -> anyhow::Result<()> {
+    let server = start(config, opts).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    server.state.set_ready(false);
+    server.shutdown().await
+}

@@ -1,0 +1,273 @@
+//! The one harness every integration test uses: the real server, in-process, on port 0,
+//! with a temporary data dir.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use inferno::config::Config;
+use inferno::server::{RunningServer, StartOptions};
+use serde_json::{json, Value};
+
+/// The bootstrap admin's password in every test server.
+pub const ADMIN_PASSWORD: &str = "correct-horse-battery-staple";
+
+pub struct TestServer {
+    pub cfg: Config,
+    pub url: String,
+    pub client: reqwest::Client,
+    pub server: Option<RunningServer>,
+    pub dir: tempfile::TempDir,
+}
+
+/// A config for tests: port 0, temporary data dir, quiet logs.
+pub fn test_config(dir: &tempfile::TempDir) -> Config {
+    let mut cfg = Config::default();
+    cfg.server.bind = "127.0.0.1:0".into();
+    cfg.storage.data_dir = dir.path().join("data");
+    cfg.models.dir = dir.path().join("models");
+    cfg.models.threads = 1;
+    cfg
+}
+
+pub async fn start() -> TestServer {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(edit: impl FnOnce(&mut Config)) -> TestServer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = test_config(&dir);
+    edit(&mut cfg);
+    start_config(cfg, dir).await
+}
+
+pub async fn start_config(cfg: Config, dir: tempfile::TempDir) -> TestServer {
+    let opts = StartOptions {
+        admin_username: Some("admin".into()),
+        admin_password: Some(ADMIN_PASSWORD.into()),
+        allow_broken_tail: false,
+    };
+    let server = inferno::server::start(cfg.clone(), opts)
+        .await
+        .expect("server starts");
+    let url = server.url();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        // Only for TLS servers with test certificates; TLS tests build verifying clients.
+        .danger_accept_invalid_certs(cfg.server.tls.is_some())
+        .build()
+        .expect("client");
+    let ts = TestServer {
+        cfg,
+        url,
+        client,
+        server: Some(server),
+        dir,
+    };
+    ts.wait_ready().await;
+    ts
+}
+
+impl TestServer {
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(r) = self.client.get(self.at("/ready")).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server did not become ready");
+    }
+
+    /// Logs in and returns the JWT.
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let resp = self
+            .client
+            .post(self.at("/api/v1/auth/login"))
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .expect("login request");
+        assert_eq!(resp.status(), 200, "login as {username}");
+        let body: Value = resp.json().await.expect("login body");
+        body["token"].as_str().expect("token").to_string()
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.login("admin", ADMIN_PASSWORD).await
+    }
+
+    /// Creates a user with `role` and extra permissions; returns (user id, JWT).
+    pub async fn user_with(&self, name: &str, role: &str, extra: &[&str]) -> (String, String) {
+        let admin = self.admin_token().await;
+        let password = format!("{name}-password-1234");
+        let resp = self
+            .client
+            .post(self.at("/api/v1/users"))
+            .bearer_auth(&admin)
+            .json(&json!({
+                "username": name, "password": password, "role": role,
+                "extra_permissions": extra,
+            }))
+            .send()
+            .await
+            .expect("create user");
+        assert_eq!(resp.status(), 201, "create user {name}");
+        let body: Value = resp.json().await.unwrap();
+        let id = body["id"].as_str().unwrap().to_string();
+        (id, self.login(name, &password).await)
+    }
+
+    /// Creates an API key with these permissions using `token`; returns (id, key).
+    pub async fn api_key(&self, token: &str, permissions: &[&str]) -> (String, String) {
+        let resp = self
+            .client
+            .post(self.at("/api/v1/auth/api-keys"))
+            .bearer_auth(token)
+            .json(&json!({ "name": "test-key", "permissions": permissions }))
+            .send()
+            .await
+            .expect("create key");
+        assert_eq!(resp.status(), 201, "create key");
+        let body: Value = resp.json().await.unwrap();
+        (
+            body["id"].as_str().unwrap().to_string(),
+            body["key"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Stops the server and starts a new one on the same data dir.
+    pub async fn restart(self) -> TestServer {
+        let cfg = self.cfg.clone();
+        let dir = self.stop().await;
+        start_config(cfg, dir).await
+    }
+
+    pub fn state(&self) -> &inferno::server::AppState {
+        &self.server.as_ref().expect("running").state
+    }
+
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.expect("clean shutdown");
+        }
+        self.dir
+    }
+}
+
+/// Asserts the documented error body and returns it.
+pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(resp.status().as_u16(), status, "unexpected status");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(ct.starts_with("application/json"), "content-type {ct}");
+    let body: Value = resp.json().await.expect("error body is JSON");
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    assert!(body["error"]["message"].is_string(), "body: {body}");
+    let details = &body["error"]["details"];
+    assert!(details.is_null() || details.is_object(), "body: {body}");
+    body
+}
+
+/// The real `inferno` binary as a child process.
+pub struct Spawned {
+    pub child: std::process::Child,
+    pub url: String,
+    pub stderr_log: PathBuf,
+}
+
+pub fn inferno_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_inferno")
+}
+
+/// Starts `inferno serve` on port 0 with `data_dir`, extra env, and waits for readiness.
+pub async fn spawn_server(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Spawned {
+    let stderr_log = data_dir.with_extension(format!("stderr-{}.log", uuid::Uuid::new_v4()));
+    let stderr = std::fs::File::create(&stderr_log).unwrap();
+    let mut cmd = std::process::Command::new(inferno_bin());
+    cmd.args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("INFERNO_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("INFERNO_LOGGING__LEVEL", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("spawn inferno");
+    // The listening address is logged once bound.
+    let mut url = None;
+    for _ in 0..400 {
+        let text = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+        if let Some(pos) = text.find("inferno listening") {
+            let line = text[pos..].lines().next().unwrap_or_default();
+            if let Some(addr) = line
+                .split(|c: char| c.is_whitespace() || c == '"' || c == ',')
+                .find_map(|w| w.strip_prefix("addr="))
+            {
+                url = Some(format!("http://{addr}"));
+                break;
+            }
+            if let Some(i) = line.find("\"addr\":") {
+                let rest = &line[i + 8..];
+                let addr: String = rest.chars().take_while(|c| *c != '"').collect();
+                url = Some(format!("http://{addr}"));
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let url = url.unwrap_or_else(|| {
+        panic!(
+            "inferno did not report its address: {}",
+            std::fs::read_to_string(&stderr_log).unwrap_or_default()
+        )
+    });
+    Spawned {
+        child,
+        url,
+        stderr_log,
+    }
+}
+
+impl Spawned {
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    /// SIGTERM and wait (graceful).
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// Runs `inferno <args>` to completion.
+pub fn run_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(inferno_bin())
+        .args(args)
+        .output()
+        .expect("run inferno")
+}

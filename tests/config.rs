@@ -1,0 +1,116 @@
+//! Configuration precedence (defaults < file < environment) and unknown-key errors.
+
+use inferno::config::Config;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_then_file_then_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("inferno.toml");
+    std::fs::write(
+        &file,
+        r#"
+[server]
+bind = "127.0.0.1:9000"
+max_body_bytes = 2048
+[limits]
+requests_per_minute = 10
+"#,
+    )
+    .unwrap();
+
+    let defaults = Config::load_from(None, env(&[])).unwrap();
+    assert_eq!(defaults.server.bind, "127.0.0.1:8080");
+    assert_eq!(defaults.limits.requests_per_minute, 60);
+    assert_eq!(defaults.server.max_body_bytes, 10 * 1024 * 1024);
+
+    let from_file = Config::load_from(Some(&file), env(&[])).unwrap();
+    assert_eq!(from_file.server.bind, "127.0.0.1:9000");
+    assert_eq!(from_file.server.max_body_bytes, 2048);
+    assert_eq!(
+        from_file.limits.max_prompt_chars, 10_000,
+        "untouched keys keep defaults"
+    );
+
+    let from_env = Config::load_from(
+        Some(&file),
+        env(&[
+            ("INFERNO_SERVER__BIND", "0.0.0.0:7000"),
+            ("INFERNO_LIMITS__REQUESTS_PER_MINUTE", "5"),
+            (
+                "INFERNO_AUTH__JWT_SECRET",
+                "from-the-environment-0123456789",
+            ),
+            // Not configuration: no `__`, so ignored rather than an unknown key.
+            ("INFERNO_ADMIN_PASSWORD", "whatever"),
+            ("PATH", "/usr/bin"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(from_env.server.bind, "0.0.0.0:7000");
+    assert_eq!(from_env.limits.requests_per_minute, 5);
+    assert_eq!(from_env.server.max_body_bytes, 2048, "file value survives");
+    assert_eq!(
+        from_env.auth.jwt_secret.as_ref().unwrap().expose(),
+        "from-the-environment-0123456789"
+    );
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("inferno.toml");
+    std::fs::write(&file, "[server]\nbnd = \"127.0.0.1:1\"\n").unwrap();
+    let err = Config::load_from(Some(&file), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bnd"), "{err}");
+
+    let err = Config::load_from(None, env(&[("INFERNO_SERVR__BIND", "x")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("servr"), "{err}");
+
+    let err = Config::load_from(None, env(&[("INFERNO_LOGGING__FORMAT", "xml")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("logging.format"), "{err}");
+}
+
+#[test]
+fn secrets_never_show_in_debug_or_dumps() {
+    let cfg = Config::load_from(
+        None,
+        env(&[("INFERNO_AUTH__JWT_SECRET", "super-secret-value-123456789")]),
+    )
+    .unwrap();
+    assert!(!format!("{cfg:?}").contains("super-secret-value"));
+    assert!(!cfg.redacted_toml().contains("super-secret-value"));
+}
+
+#[test]
+fn example_config_documents_every_key_and_loads() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ops/inferno.example.toml");
+    let cfg = Config::load_from(Some(&path), env(&[])).expect("example config loads");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Every key of the default config appears in the example.
+    let defaults: toml::Value = toml::Value::try_from(Config::default()).unwrap();
+    for (section, table) in defaults.as_table().unwrap() {
+        for key in table.as_table().unwrap().keys() {
+            assert!(
+                text.contains(&format!("{key} =")) || text.contains(&format!("# {key} =")),
+                "ops/inferno.example.toml does not document {section}.{key}"
+            );
+        }
+    }
+    assert_eq!(
+        cfg.server.max_body_bytes,
+        Config::default().server.max_body_bytes
+    );
+}

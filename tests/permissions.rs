@@ -1,0 +1,286 @@
+//! The permission matrix: every route of the API, called by a principal lacking its
+//! permission (403 naming it) and by one holding only it (not 403). The table must grow with
+//! the API: a test fails when the spec has a secured operation the table does not list.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::expect_error;
+use serde_json::{json, Value};
+
+/// (method, path template, concrete path, permission, JSON body)
+struct Row {
+    method: &'static str,
+    template: &'static str,
+    path: &'static str,
+    permission: Option<&'static str>,
+    body: Option<Value>,
+}
+
+const ALL: [&str; 11] = [
+    "read_models",
+    "write_models",
+    "delete_models",
+    "run_inference",
+    "manage_cache",
+    "read_metrics",
+    "write_config",
+    "manage_users",
+    "view_audit_logs",
+    "use_streaming",
+    "manage_queue",
+];
+
+fn rows() -> Vec<Row> {
+    let r = |method, template, path, permission, body| Row {
+        method,
+        template,
+        path,
+        permission,
+        body,
+    };
+    vec![
+        // Any authenticated principal.
+        r("get", "/api/v1/auth/me", "/api/v1/auth/me", None, None),
+        r(
+            "post",
+            "/api/v1/auth/logout",
+            "/api/v1/auth/logout",
+            None,
+            None,
+        ),
+        r(
+            "post",
+            "/api/v1/auth/password",
+            "/api/v1/auth/password",
+            None,
+            Some(json!({"old_password": "x", "new_password": "y"})),
+        ),
+        r(
+            "get",
+            "/api/v1/auth/api-keys",
+            "/api/v1/auth/api-keys",
+            None,
+            None,
+        ),
+        // With an API key, minting keys needs manage_users (a JWT needs nothing).
+        r(
+            "post",
+            "/api/v1/auth/api-keys",
+            "/api/v1/auth/api-keys",
+            Some("manage_users"),
+            Some(json!({"name": "n", "permissions": []})),
+        ),
+        r(
+            "get",
+            "/api/v1/auth/api-keys/{id}",
+            "/api/v1/auth/api-keys/nokey",
+            None,
+            None,
+        ),
+        r(
+            "delete",
+            "/api/v1/auth/api-keys/{id}",
+            "/api/v1/auth/api-keys/nokey",
+            None,
+            None,
+        ),
+        r(
+            "post",
+            "/api/v1/auth/api-keys/{id}/rotate",
+            "/api/v1/auth/api-keys/nokey/rotate",
+            None,
+            None,
+        ),
+        // manage_users
+        r(
+            "get",
+            "/api/v1/users",
+            "/api/v1/users",
+            Some("manage_users"),
+            None,
+        ),
+        r(
+            "post",
+            "/api/v1/users",
+            "/api/v1/users",
+            Some("manage_users"),
+            Some(json!({"username": "matrix-user", "password": "matrix-password-1"})),
+        ),
+        r(
+            "get",
+            "/api/v1/users/{id}",
+            "/api/v1/users/nobody",
+            Some("manage_users"),
+            None,
+        ),
+        r(
+            "patch",
+            "/api/v1/users/{id}",
+            "/api/v1/users/nobody",
+            Some("manage_users"),
+            Some(json!({})),
+        ),
+        r(
+            "delete",
+            "/api/v1/users/{id}",
+            "/api/v1/users/nobody",
+            Some("manage_users"),
+            None,
+        ),
+        // view_audit_logs
+        r(
+            "get",
+            "/api/v1/audit/events",
+            "/api/v1/audit/events",
+            Some("view_audit_logs"),
+            None,
+        ),
+        r(
+            "get",
+            "/api/v1/audit/events/{seq}",
+            "/api/v1/audit/events/1",
+            Some("view_audit_logs"),
+            None,
+        ),
+        r(
+            "get",
+            "/api/v1/audit/stream",
+            "/api/v1/audit/stream",
+            Some("view_audit_logs"),
+            None,
+        ),
+        r(
+            "get",
+            "/api/v1/audit/verify",
+            "/api/v1/audit/verify",
+            Some("view_audit_logs"),
+            None,
+        ),
+        r(
+            "get",
+            "/api/v1/audit/export",
+            "/api/v1/audit/export",
+            Some("view_audit_logs"),
+            None,
+        ),
+    ]
+}
+
+async fn call(ts: &common::TestServer, row: &Row, key: &str) -> reqwest::Response {
+    let method = reqwest::Method::from_bytes(row.method.to_uppercase().as_bytes()).unwrap();
+    let mut req = ts
+        .client
+        .request(method, ts.at(row.path))
+        .header("x-api-key", key);
+    if let Some(b) = &row.body {
+        req = req.json(b);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn every_route_enforces_its_permission() {
+    let ts = common::start_with(|c| c.limits.requests_per_minute = 10_000).await;
+    let admin = ts.admin_token().await;
+    // One key holding only P and one holding everything but P, per permission.
+    let mut only = std::collections::HashMap::new();
+    let mut without = std::collections::HashMap::new();
+    for p in ALL {
+        only.insert(p, ts.api_key(&admin, &[p]).await.1);
+        let rest: Vec<&str> = ALL.iter().copied().filter(|q| *q != p).collect();
+        without.insert(p, ts.api_key(&admin, &rest).await.1);
+    }
+    let (_, none) = ts.api_key(&admin, &[]).await;
+
+    for row in rows() {
+        match row.permission {
+            Some(p) => {
+                let r = call(&ts, &row, &without[p]).await;
+                let body = expect_error(r, 403, "PERMISSION_DENIED").await;
+                assert_eq!(
+                    body["error"]["details"]["required"], p,
+                    "{} {}",
+                    row.method, row.path
+                );
+                let r = call(&ts, &row, &only[p]).await;
+                assert!(
+                    r.status() != 403 && r.status() != 401,
+                    "{} {} with {p}: {}",
+                    row.method,
+                    row.path,
+                    r.status()
+                );
+            }
+            None => {
+                let r = call(&ts, &row, &none).await;
+                assert!(
+                    r.status() != 403 && r.status() != 401,
+                    "{} {}: {}",
+                    row.method,
+                    row.path,
+                    r.status()
+                );
+            }
+        }
+        // Without any credential: 401 everywhere.
+        let method = reqwest::Method::from_bytes(row.method.to_uppercase().as_bytes()).unwrap();
+        let r = ts
+            .client
+            .request(method, ts.at(row.path))
+            .send()
+            .await
+            .unwrap();
+        expect_error(r, 401, "AUTHENTICATION_FAILED").await;
+    }
+}
+
+#[test]
+fn the_table_covers_every_secured_operation_and_the_spec_names_each_permission() {
+    let spec: Value = serde_json::from_str(&inferno::api::spec_json()).unwrap();
+    let table = rows();
+    let listed: BTreeSet<(String, String)> = table
+        .iter()
+        .map(|r| (r.method.to_string(), r.template.to_string()))
+        .collect();
+    let mut secured = BTreeSet::new();
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            if op
+                .get("security")
+                .is_some_and(|s| !s.as_array().unwrap().is_empty())
+            {
+                secured.insert((method.clone(), path.clone()));
+            }
+        }
+    }
+    let missing: Vec<_> = secured.difference(&listed).collect();
+    assert!(
+        missing.is_empty(),
+        "secured operations missing from the matrix: {missing:?}"
+    );
+    for row in &table {
+        let op = &spec["paths"][row.template][row.method];
+        assert!(
+            op.is_object(),
+            "{} {} is in the spec",
+            row.method,
+            row.template
+        );
+        if let Some(p) = row.permission {
+            let text = format!(
+                "{} {}",
+                op["summary"].as_str().unwrap_or(""),
+                op["description"].as_str().unwrap_or("")
+            );
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(
+                text.contains(&format!("Requires permission `{p}`")),
+                "{} {} does not state `{p}` in the spec: {text}",
+                row.method,
+                row.template
+            );
+        }
+    }
+}
