@@ -13,6 +13,8 @@
 //! - [`auth`]: users, argon2id passwords, JWTs, API keys, permissions, roles, `Principal`.
 //! - [`ratelimit`]: limits per principal and login throttling, with header values.
 //! - [`events`]: the hash-chained event log in fjall, projections, replay, upcasters.
+//! - [`inference`]: the `Engine` trait, llama.cpp with continuous batching (all FFI in one
+//!   file, on its own threads), GGUF models, the catalog and the request runner.
 //! - [`audit`]: audit queries over the log; redaction rules for log lines.
 //! - [`logging`]: tracing set-up with redaction on every line.
 #![deny(unsafe_code)]
@@ -23,6 +25,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod inference;
 pub mod logging;
 pub mod ratelimit;
 pub mod server;

@@ -15,6 +15,9 @@ use tokio::task::JoinHandle;
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::events::{EventStore, StoreOptions};
+use crate::inference::catalog::Catalog;
+use crate::inference::runner::Runner;
+use crate::inference::{Engine, EngineConfig, LlamaEngine};
 use crate::ratelimit::RateLimits;
 
 struct Inner {
@@ -23,10 +26,14 @@ struct Inner {
     store: EventStore,
     auth: AuthService,
     limits: RateLimits,
+    engine: Arc<dyn Engine>,
+    catalog: Arc<Catalog>,
+    runner: Runner,
+    connections: crate::api::conn::Connections,
 }
 
 /// Start-up choices that are not configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct StartOptions {
     /// Username of the first admin on an empty data dir (default `admin`).
     pub admin_username: Option<String>,
@@ -34,6 +41,9 @@ pub struct StartOptions {
     pub admin_password: Option<String>,
     /// Start even when the tail of the event chain does not verify.
     pub allow_broken_tail: bool,
+    /// An engine to use instead of building one from `[models]` (tests share one loaded
+    /// model across servers this way).
+    pub engine: Option<Arc<dyn Engine>>,
 }
 
 impl StartOptions {
@@ -43,6 +53,7 @@ impl StartOptions {
             admin_username: std::env::var("INFERNO_ADMIN_USERNAME").ok(),
             admin_password: std::env::var("INFERNO_ADMIN_PASSWORD").ok(),
             allow_broken_tail: false,
+            engine: None,
         }
     }
 }
@@ -72,6 +83,23 @@ impl AppState {
 
     pub fn limits(&self) -> &RateLimits {
         &self.inner.limits
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.inner.engine
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub fn runner(&self) -> &Runner {
+        &self.inner.runner
+    }
+
+    /// Open TCP connections, to notice clients that went away mid-request.
+    pub fn connections(&self) -> &crate::api::conn::Connections {
+        &self.inner.connections
     }
 
     fn set_ready(&self, ready: bool) {
@@ -150,6 +178,29 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         config.limits.requests_per_minute,
         config.auth.login_attempts_per_minute,
     );
+    let engine: Arc<dyn Engine> = match opts.engine.clone() {
+        Some(e) => e,
+        None => Arc::new(LlamaEngine::new(engine_config(&config))),
+    };
+    let catalog = Arc::new(
+        Catalog::open(
+            store.clone(),
+            engine.clone(),
+            &config.models.dir,
+            &data_dir,
+            config.models.max_upload_bytes,
+        )
+        .await
+        .with_context(|| format!("scanning models in {}", config.models.dir.display()))?,
+    );
+    let runner = Runner::new(
+        store.clone(),
+        engine.clone(),
+        catalog.clone(),
+        config.limits.max_prompt_chars,
+        config.models.default.clone(),
+        config.audit.record_content,
+    );
     let state = AppState {
         inner: Arc::new(Inner {
             config: Arc::new(config.clone()),
@@ -157,6 +208,10 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
             store,
             auth,
             limits,
+            engine,
+            catalog,
+            runner,
+            connections: crate::api::conn::Connections::default(),
         }),
     };
 
@@ -169,6 +224,7 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         .first()
         .and_then(|a| a.as_socket_addr().copied())
         .unwrap_or(addr);
+    let tcp = crate::api::conn::WatchedAcceptor::new(tcp, state.connections().clone());
     let (acceptor, tls) = match &config.server.tls {
         Some(tls_cfg) => {
             let tls = crate::api::tls::server_config(tls_cfg)?;
@@ -200,6 +256,22 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         shutdown: Some(tx),
         handle,
     })
+}
+
+/// The engine settings from `[models]`.
+pub fn engine_config(config: &Config) -> EngineConfig {
+    let m = &config.models;
+    EngineConfig {
+        parallel: m.parallel,
+        threads: if m.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            m.threads
+        },
+        ctx_per_slot: m.ctx_per_slot,
+        max_loaded: m.max_loaded,
+        ..EngineConfig::default()
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

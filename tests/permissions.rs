@@ -165,6 +165,50 @@ fn rows() -> Vec<Row> {
             Some("view_audit_logs"),
             None,
         ),
+        // models
+        r(
+            "get",
+            "/api/v1/models",
+            "/api/v1/models",
+            Some("read_models"),
+            None,
+        ),
+        r(
+            "post",
+            "/api/v1/models",
+            "/api/v1/models?name=matrix",
+            Some("write_models"),
+            Some(json!({})),
+        ),
+        r(
+            "get",
+            "/api/v1/models/{id}",
+            "/api/v1/models/none",
+            Some("read_models"),
+            None,
+        ),
+        r(
+            "patch",
+            "/api/v1/models/{id}",
+            "/api/v1/models/none",
+            Some("write_models"),
+            Some(json!({})),
+        ),
+        r(
+            "delete",
+            "/api/v1/models/{id}",
+            "/api/v1/models/none",
+            Some("delete_models"),
+            None,
+        ),
+        // inference
+        r(
+            "post",
+            "/api/v1/inference",
+            "/api/v1/inference",
+            Some("run_inference"),
+            Some(json!({"model": "none", "prompt": "x"})),
+        ),
     ]
 }
 

@@ -5,10 +5,13 @@
 
 mod audit;
 mod auth;
+pub mod conn;
 pub mod error;
 mod health;
+mod inference;
 mod keys;
 pub mod middleware;
+mod models;
 pub mod security;
 pub mod tls;
 mod users;
@@ -34,6 +37,10 @@ pub enum ApiTags {
     Users,
     /// The event log: query, tail, verify, export.
     Audit,
+    /// GGUF models.
+    Models,
+    /// Inference.
+    Inference,
 }
 
 /// Every resource of the API, in one tuple.
@@ -43,6 +50,8 @@ pub type Apis = (
     keys::KeysApi,
     users::UsersApi,
     audit::AuditApi,
+    models::ModelsApi,
+    inference::InferenceApi,
 );
 
 fn apis() -> Apis {
@@ -52,6 +61,8 @@ fn apis() -> Apis {
         keys::KeysApi,
         users::UsersApi,
         audit::AuditApi,
+        models::ModelsApi,
+        inference::InferenceApi,
     )
 }
 

@@ -42,10 +42,37 @@ pub async fn start_with(edit: impl FnOnce(&mut Config)) -> TestServer {
 }
 
 pub async fn start_config(cfg: Config, dir: tempfile::TempDir) -> TestServer {
+    start_full(cfg, dir, None).await
+}
+
+/// A server on a shared engine (one model load per test binary).
+pub async fn start_with_engine(
+    engine: std::sync::Arc<dyn inferno::inference::Engine>,
+    edit: impl FnOnce(&mut Config),
+) -> TestServer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = test_config(&dir);
+    edit(&mut cfg);
+    start_full(cfg, dir, Some(engine)).await
+}
+
+pub async fn start_full(
+    cfg: Config,
+    dir: tempfile::TempDir,
+    engine: Option<std::sync::Arc<dyn inferno::inference::Engine>>,
+) -> TestServer {
+    // INFERNO_TEST_LOG=debug shows the servers' logs in failing tests' output.
+    if let Ok(level) = std::env::var("INFERNO_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(level)
+            .with_test_writer()
+            .try_init();
+    }
     let opts = StartOptions {
         admin_username: Some("admin".into()),
         admin_password: Some(ADMIN_PASSWORD.into()),
         allow_broken_tail: false,
+        engine,
     };
     let server = inferno::server::start(cfg.clone(), opts)
         .await

@@ -1,0 +1,404 @@
+//! A pure-Rust reader of GGUF headers: enough metadata to list and describe a model without
+//! loading it. Reads through a buffered reader and skips array contents, so a model of any
+//! size costs a few MiB of reads at most (the tokenizer vocabulary dominates).
+//!
+//! Format: magic `GGUF`, u32 version (2 or 3), u64 tensor count, u64 key/value count, the
+//! key/values, then one info record per tensor. All little-endian.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::EngineError;
+
+const MAGIC: &[u8; 4] = b"GGUF";
+/// Guards against absurd lengths in a corrupt or hostile file.
+const MAX_STRING: u64 = 64 << 20;
+const MAX_COUNT: u64 = 1 << 24;
+const MAX_DIMS: u32 = 8;
+
+/// True when the bytes start with the GGUF magic.
+pub fn is_gguf(first_bytes: &[u8]) -> bool {
+    first_bytes.starts_with(MAGIC)
+}
+
+/// What the registry and API show about a model file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GgufMetadata {
+    /// `general.architecture`, e.g. `gemma3`, `llama`.
+    pub architecture: Option<String>,
+    /// `general.name`.
+    pub name: Option<String>,
+    /// `general.parameter_count`, else the sum of the tensors' element counts.
+    pub parameter_count: Option<u64>,
+    /// `<architecture>.context_length`: the context the model was trained for.
+    pub context_length: Option<u64>,
+    /// `general.file_type` as llama.cpp names it, e.g. `Q4_K_M`.
+    pub quantization: Option<String>,
+    /// `tokenizer.chat_template` (Jinja source).
+    pub chat_template: Option<String>,
+}
+
+/// Reads the header and metadata of the GGUF file at `path`.
+///
+/// Blocking I/O: call it from `spawn_blocking` in async code.
+pub fn read_metadata(path: impl AsRef<Path>) -> Result<GgufMetadata, EngineError> {
+    let path = path.as_ref();
+    let file = File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => EngineError::ModelNotFound(path.display().to_string()),
+        _ => EngineError::Internal(format!("open {}: {e}", path.display())),
+    })?;
+    parse(BufReader::with_capacity(256 << 10, file)).map_err(|e| match e {
+        ParseError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            EngineError::InvalidModel(format!("{}: truncated GGUF header", path.display()))
+        }
+        ParseError::Io(e) => EngineError::Internal(format!("read {}: {e}", path.display())),
+        ParseError::Invalid(m) => EngineError::InvalidModel(format!("{}: {m}", path.display())),
+    })
+}
+
+#[derive(Debug)]
+enum ParseError {
+    Io(io::Error),
+    Invalid(String),
+}
+
+impl From<io::Error> for ParseError {
+    fn from(e: io::Error) -> Self {
+        ParseError::Io(e)
+    }
+}
+
+type Result2<T> = Result<T, ParseError>;
+
+fn invalid<T>(msg: impl Into<String>) -> Result2<T> {
+    Err(ParseError::Invalid(msg.into()))
+}
+
+/// Value types of GGUF key/values.
+mod ty {
+    pub const U8: u32 = 0;
+    pub const I8: u32 = 1;
+    pub const U16: u32 = 2;
+    pub const I16: u32 = 3;
+    pub const U32: u32 = 4;
+    pub const I32: u32 = 5;
+    pub const F32: u32 = 6;
+    pub const BOOL: u32 = 7;
+    pub const STRING: u32 = 8;
+    pub const ARRAY: u32 = 9;
+    pub const U64: u32 = 10;
+    pub const I64: u32 = 11;
+    pub const F64: u32 = 12;
+}
+
+/// A scalar value we may keep; everything else is skipped.
+enum Value {
+    Int(i128),
+    Str(String),
+    Other,
+}
+
+struct Reader<R> {
+    inner: R,
+}
+
+impl<R: Read> Reader<R> {
+    fn bytes<const N: usize>(&mut self) -> Result2<[u8; N]> {
+        let mut buf = [0u8; N];
+        self.inner.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn u32(&mut self) -> Result2<u32> {
+        Ok(u32::from_le_bytes(self.bytes()?))
+    }
+
+    fn u64(&mut self) -> Result2<u64> {
+        Ok(u64::from_le_bytes(self.bytes()?))
+    }
+
+    /// Skips `n` bytes without buffering them all.
+    fn skip(&mut self, n: u64) -> Result2<()> {
+        let copied = io::copy(&mut (&mut self.inner).take(n), &mut io::sink())?;
+        if copied != n {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
+        Ok(())
+    }
+
+    fn string_len(&mut self) -> Result2<u64> {
+        let len = self.u64()?;
+        if len > MAX_STRING {
+            return invalid(format!("string of {len} bytes"));
+        }
+        Ok(len)
+    }
+
+    fn string(&mut self) -> Result2<String> {
+        let len = self.string_len()?;
+        let mut buf = Vec::with_capacity(len as usize);
+        (&mut self.inner).take(len).read_to_end(&mut buf)?;
+        if buf.len() as u64 != len {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
+        String::from_utf8(buf).or_else(|_| invalid("string is not UTF-8"))
+    }
+
+    fn count(&mut self, what: &str) -> Result2<u64> {
+        let n = self.u64()?;
+        if n > MAX_COUNT {
+            return invalid(format!("{what} count {n} is implausible"));
+        }
+        Ok(n)
+    }
+
+    /// Reads a value of type `t`; strings are kept only when `keep_str`.
+    fn value(&mut self, t: u32, keep_str: bool) -> Result2<Value> {
+        Ok(match t {
+            ty::U8 => Value::Int(self.bytes::<1>()?[0].into()),
+            ty::I8 => Value::Int(i8::from_le_bytes(self.bytes()?).into()),
+            ty::U16 => Value::Int(u16::from_le_bytes(self.bytes()?).into()),
+            ty::I16 => Value::Int(i16::from_le_bytes(self.bytes()?).into()),
+            ty::U32 => Value::Int(self.u32()?.into()),
+            ty::I32 => Value::Int(i32::from_le_bytes(self.bytes()?).into()),
+            ty::U64 => Value::Int(self.u64()?.into()),
+            ty::I64 => Value::Int(i64::from_le_bytes(self.bytes()?).into()),
+            ty::F32 | ty::BOOL | ty::F64 => {
+                self.skip(scalar_size(t).unwrap_or(0))?;
+                Value::Other
+            }
+            ty::STRING if keep_str => Value::Str(self.string()?),
+            ty::STRING => {
+                let len = self.string_len()?;
+                self.skip(len)?;
+                Value::Other
+            }
+            ty::ARRAY => {
+                self.skip_array()?;
+                Value::Other
+            }
+            other => return invalid(format!("unknown value type {other}")),
+        })
+    }
+
+    fn skip_array(&mut self) -> Result2<()> {
+        let item = self.u32()?;
+        let len = self.count("array")?;
+        if let Some(size) = scalar_size(item) {
+            return self.skip(size * len);
+        }
+        for _ in 0..len {
+            self.value(item, false)?;
+        }
+        Ok(())
+    }
+}
+
+fn scalar_size(t: u32) -> Option<u64> {
+    Some(match t {
+        ty::U8 | ty::I8 | ty::BOOL => 1,
+        ty::U16 | ty::I16 => 2,
+        ty::U32 | ty::I32 | ty::F32 => 4,
+        ty::U64 | ty::I64 | ty::F64 => 8,
+        _ => return None,
+    })
+}
+
+fn parse(inner: impl Read) -> Result2<GgufMetadata> {
+    let mut r = Reader { inner };
+    if &r.bytes::<4>()? != MAGIC {
+        return invalid("not a GGUF file (bad magic)");
+    }
+    let version = r.u32()?;
+    if !(2..=3).contains(&version) {
+        return invalid(format!("unsupported GGUF version {version}"));
+    }
+    let tensor_count = r.count("tensor")?;
+    let kv_count = r.count("key/value")?;
+
+    let mut meta = GgufMetadata::default();
+    let mut file_type = None;
+    // Context length is keyed by architecture, which may come after it.
+    let mut context_lengths: Vec<(String, u64)> = Vec::new();
+    for _ in 0..kv_count {
+        let key = r.string()?;
+        let t = r.u32()?;
+        let wanted = matches!(
+            key.as_str(),
+            "general.architecture" | "general.name" | "tokenizer.chat_template"
+        );
+        match (key.as_str(), r.value(t, wanted)?) {
+            ("general.architecture", Value::Str(s)) => meta.architecture = Some(s),
+            ("general.name", Value::Str(s)) => meta.name = Some(s),
+            ("tokenizer.chat_template", Value::Str(s)) => meta.chat_template = Some(s),
+            ("general.parameter_count", Value::Int(n)) => {
+                meta.parameter_count = u64::try_from(n).ok();
+            }
+            ("general.file_type", Value::Int(n)) => file_type = Some(n),
+            (k, Value::Int(n)) if k.ends_with(".context_length") => {
+                if let (Some(arch), Ok(n)) = (k.strip_suffix(".context_length"), u64::try_from(n)) {
+                    context_lengths.push((arch.to_owned(), n));
+                }
+            }
+            _ => {}
+        }
+    }
+    meta.context_length = meta.architecture.as_ref().and_then(|arch| {
+        context_lengths
+            .iter()
+            .find(|(a, _)| a == arch)
+            .map(|(_, n)| *n)
+    });
+    meta.quantization = file_type.map(file_type_name);
+
+    if meta.parameter_count.is_none() {
+        let mut total: u64 = 0;
+        for _ in 0..tensor_count {
+            let name_len = r.string_len()?;
+            r.skip(name_len)?;
+            let n_dims = r.u32()?;
+            if n_dims > MAX_DIMS {
+                return invalid(format!("tensor with {n_dims} dimensions"));
+            }
+            let mut elements: u64 = 1;
+            for _ in 0..n_dims {
+                elements = elements.saturating_mul(r.u64()?);
+            }
+            r.skip(4 + 8)?; // tensor type, data offset
+            total = total.saturating_add(elements);
+        }
+        meta.parameter_count = Some(total);
+    }
+    Ok(meta)
+}
+
+/// llama.cpp's `llama_ftype` names (`general.file_type`).
+fn file_type_name(n: i128) -> String {
+    let name = match n {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        19 => "IQ2_XXS",
+        20 => "IQ2_XS",
+        21 => "Q2_K_S",
+        22 => "IQ3_XS",
+        23 => "IQ3_XXS",
+        24 => "IQ1_S",
+        25 => "IQ4_NL",
+        26 => "IQ3_S",
+        27 => "IQ3_M",
+        28 => "IQ2_S",
+        29 => "IQ2_M",
+        30 => "IQ4_XS",
+        31 => "IQ1_M",
+        32 => "BF16",
+        36 => "TQ1_0",
+        37 => "TQ2_0",
+        38 => "MXFP4_MOE",
+        other => return format!("file_type {other}"),
+    };
+    name.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// A tiny synthetic GGUF: a few keys, a string array to skip, two tensors.
+    fn sample(with_param_count: bool) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"GGUF");
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&2u64.to_le_bytes()); // tensors
+        let kvs = if with_param_count { 6u64 } else { 5 };
+        b.extend_from_slice(&kvs.to_le_bytes());
+        put_str(&mut b, "tiny.context_length");
+        b.extend_from_slice(&ty::U32.to_le_bytes());
+        b.extend_from_slice(&4096u32.to_le_bytes());
+        put_str(&mut b, "general.architecture");
+        b.extend_from_slice(&ty::STRING.to_le_bytes());
+        put_str(&mut b, "tiny");
+        put_str(&mut b, "tokenizer.ggml.tokens");
+        b.extend_from_slice(&ty::ARRAY.to_le_bytes());
+        b.extend_from_slice(&ty::STRING.to_le_bytes());
+        b.extend_from_slice(&3u64.to_le_bytes());
+        for t in ["a", "bb", "ccc"] {
+            put_str(&mut b, t);
+        }
+        put_str(&mut b, "tokenizer.ggml.scores");
+        b.extend_from_slice(&ty::ARRAY.to_le_bytes());
+        b.extend_from_slice(&ty::F32.to_le_bytes());
+        b.extend_from_slice(&2u64.to_le_bytes());
+        b.extend_from_slice(&[0u8; 8]);
+        put_str(&mut b, "general.file_type");
+        b.extend_from_slice(&ty::U32.to_le_bytes());
+        b.extend_from_slice(&15u32.to_le_bytes());
+        if with_param_count {
+            put_str(&mut b, "general.parameter_count");
+            b.extend_from_slice(&ty::U64.to_le_bytes());
+            b.extend_from_slice(&999u64.to_le_bytes());
+        }
+        for (name, dims) in [("w1", vec![4u64, 8]), ("w2", vec![10u64])] {
+            put_str(&mut b, name);
+            b.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            for d in dims {
+                b.extend_from_slice(&d.to_le_bytes());
+            }
+            b.extend_from_slice(&0u32.to_le_bytes());
+            b.extend_from_slice(&0u64.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn parses_synthetic_header() {
+        let m = parse(&sample(false)[..]).unwrap();
+        assert_eq!(m.architecture.as_deref(), Some("tiny"));
+        assert_eq!(m.context_length, Some(4096));
+        assert_eq!(m.quantization.as_deref(), Some("Q4_K_M"));
+        assert_eq!(m.parameter_count, Some(42));
+        assert_eq!(m.name, None);
+    }
+
+    #[test]
+    fn prefers_declared_parameter_count() {
+        let m = parse(&sample(true)[..]).unwrap();
+        assert_eq!(m.parameter_count, Some(999));
+    }
+
+    #[test]
+    fn rejects_bad_magic_version_and_truncation() {
+        assert!(matches!(
+            parse(&b"GGML\x03\0\0\0"[..]),
+            Err(ParseError::Invalid(_))
+        ));
+        let mut v1 = sample(false);
+        v1[4] = 1;
+        assert!(matches!(parse(&v1[..]), Err(ParseError::Invalid(_))));
+        let full = sample(false);
+        assert!(matches!(parse(&full[..40]), Err(ParseError::Io(_))));
+        assert!(is_gguf(&full));
+        assert!(!is_gguf(b"GGU"));
+    }
+}

@@ -1,0 +1,569 @@
+//! Models and inference through the API, on the real model (loaded once for this binary and
+//! shared by every test server).
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use common::{expect_error, TestServer};
+use inferno::inference::{Engine, EngineConfig, LlamaEngine};
+use serde_json::{json, Value};
+
+const MODEL: &str = "gemma-3-270m-q4_k_m";
+/// Greedy continuation of "The capital of France is", 16 tokens.
+const KNOWN: &str = " the capital of the country of France. It is the largest city in France.";
+
+static ENGINE: LazyLock<Arc<LlamaEngine>> = LazyLock::new(|| {
+    Arc::new(LlamaEngine::new(EngineConfig {
+        parallel: 8,
+        threads: 1,
+        ctx_per_slot: 1024,
+        max_loaded: 6,
+        ..EngineConfig::default()
+    }))
+});
+
+fn model_path() -> PathBuf {
+    let path = std::env::var("INFERNO_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/gemma-3-270m-q4_k_m.gguf")
+        });
+    assert!(
+        path.exists(),
+        "test model missing at {}: run ops/fetch-model.sh",
+        path.display()
+    );
+    path
+}
+
+/// A server whose models dir links the test model under each of `ids`.
+async fn server_with(
+    ids: &[&str],
+    edit: impl FnOnce(&mut inferno::config::Config),
+) -> (TestServer, String) {
+    let engine: Arc<dyn Engine> = ENGINE.clone();
+    let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    let ts = common::start_with_engine(engine, move |c| {
+        std::fs::create_dir_all(&c.models.dir).unwrap();
+        for id in &ids {
+            std::os::unix::fs::symlink(model_path(), c.models.dir.join(format!("{id}.gguf")))
+                .unwrap();
+        }
+        edit(c);
+    })
+    .await;
+    let token = ts.admin_token().await;
+    (ts, token)
+}
+
+async fn server() -> (TestServer, String) {
+    server_with(&[MODEL], |_| {}).await
+}
+
+async fn infer(ts: &TestServer, token: &str, body: Value) -> reqwest::Response {
+    ts.client
+        .post(ts.at("/api/v1/inference"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn infer_ok(ts: &TestServer, token: &str, body: Value) -> Value {
+    let r = infer(ts, token, body).await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// Exact greedy text holds for a sequence decoded alone, so this test has a model id of its
+/// own (other tests' requests would share its batch and shift the logits slightly).
+#[tokio::test]
+async fn greedy_output_stop_strings_and_max_tokens() {
+    let (ts, token) = server_with(&["solo"], |_| {}).await;
+    let out = infer_ok(
+        &ts,
+        &token,
+        json!({"model": "solo", "prompt": "The capital of France is", "max_tokens": 16}),
+    )
+    .await;
+    assert_eq!(out["text"], KNOWN, "{out}");
+    assert_eq!(out["finish_reason"], "length");
+    assert_eq!(out["usage"]["completion_tokens"], 16);
+    assert_eq!(out["usage"]["prompt_tokens"], 6);
+    assert_eq!(out["model"], "solo");
+    for k in ["queue_ms", "prompt_ms", "generate_ms", "tokens_per_second"] {
+        assert!(out["timings"][k].as_f64().unwrap() >= 0.0, "{k}");
+    }
+    // Events: queued and completed, prompt and output as hash + length only.
+    let events: Value = ts
+        .client
+        .get(ts.at("/api/v1/audit/events?type=inference.queued,inference.completed"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = events["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["payload"]["job_id"], out["id"]);
+    assert_eq!(events[0]["payload"]["prompt"]["length"], 24);
+    assert!(events[0]["payload"]["prompt"]["text"].is_null());
+    assert_eq!(events[1]["payload"]["completion_tokens"], 16);
+    assert!(
+        !events[1].to_string().contains("largest city"),
+        "output text is not recorded by default"
+    );
+
+    // A stop string ends generation before it, and is not returned.
+    let out = infer_ok(&ts, &token, json!({"model": "solo", "prompt": "The capital of France is", "max_tokens": 32, "stop": [" It is"]})).await;
+    assert_eq!(out["text"], " the capital of the country of France.");
+    assert_eq!(out["finish_reason"], "stop");
+    let out = infer_ok(
+        &ts,
+        &token,
+        json!({"model": "solo", "prompt": "The capital of France is", "max_tokens": 3}),
+    )
+    .await;
+    assert_eq!(out["finish_reason"], "length");
+    assert_eq!(out["usage"]["completion_tokens"], 3);
+}
+
+#[tokio::test]
+async fn record_content_keeps_the_text() {
+    let (ts, token) = server_with(&[MODEL], |c| c.audit.record_content = true).await;
+    infer_ok(
+        &ts,
+        &token,
+        json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4}),
+    )
+    .await;
+    let events: Value = ts
+        .client
+        .get(ts.at("/api/v1/audit/events?type=inference.queued"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        events["events"][0]["payload"]["prompt"]["text"],
+        "The capital of France is"
+    );
+}
+
+#[tokio::test]
+async fn chat_messages_use_the_gemma_template() {
+    let (ts, token) = server().await;
+    let out = infer_ok(
+        &ts,
+        &token,
+        json!({"model": MODEL, "max_tokens": 8, "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Name a colour."}
+        ]}),
+    )
+    .await;
+    let reason = out["finish_reason"].as_str().unwrap();
+    assert!(reason == "stop" || reason == "length");
+    // The rendered prompt holds the turn markers, so it is longer than the words alone.
+    assert!(
+        out["usage"]["prompt_tokens"].as_u64().unwrap() > 12,
+        "{out}"
+    );
+    let r = infer(
+        &ts,
+        &token,
+        json!({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}),
+    )
+    .await;
+    expect_error(r, 400, "VALIDATION_ERROR").await;
+    let r = infer(
+        &ts,
+        &token,
+        json!({"model": MODEL, "prompt": "x", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    expect_error(r, 400, "VALIDATION_ERROR").await;
+}
+
+#[tokio::test]
+async fn eight_concurrent_requests_complete_in_shared_batches() {
+    let (ts, token) = server().await;
+    let prompts = [
+        "The capital of France is",
+        "Once upon a time",
+        "The best way to learn",
+        "Water boils at",
+        "My favourite food is",
+        "The sun rises in the",
+        "In the year 2000",
+        "A good friend is",
+    ];
+    let mut tasks = Vec::new();
+    for p in prompts {
+        let (client, url, token) = (ts.client.clone(), ts.at("/api/v1/inference"), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"model": MODEL, "prompt": p, "max_tokens": 24}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }));
+    }
+    for t in tasks {
+        let out = t.await.unwrap();
+        assert!(out["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+        assert!(!out["text"].as_str().unwrap().is_empty());
+    }
+    let stats = ts.state().engine().stats();
+    assert!(stats.max_batch_sequences > 1, "batched decoding: {stats:?}");
+}
+
+#[tokio::test]
+async fn a_disconnected_request_is_cancelled_and_frees_its_slot() {
+    let (ts, token) = server_with(&["cancel-me"], |_| {}).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    let r = client.post(ts.at("/api/v1/inference")).bearer_auth(&token)
+        .json(&json!({"model": "cancel-me", "prompt": "Write a very long story about a dragon.", "max_tokens": 900}))
+        .send().await;
+    assert!(r.is_err(), "the client gave up before the end");
+    let engine = ts.state().engine().clone();
+    let mut freed = false;
+    for _ in 0..100 {
+        if engine.active_requests("cancel-me") == 0 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(freed, "the slot is freed after the disconnect");
+    let out = infer_ok(
+        &ts,
+        &token,
+        json!({"model": "cancel-me", "prompt": "The capital of France is", "max_tokens": 4}),
+    )
+    .await;
+    assert_eq!(out["usage"]["completion_tokens"], 4);
+    let mut found = false;
+    for _ in 0..50 {
+        let ev: Value = ts
+            .client
+            .get(ts.at("/api/v1/audit/events?type=inference.cancelled"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ev["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["payload"]["reason"] == "client disconnected")
+        {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(found, "the cancellation is recorded");
+}
+
+#[tokio::test]
+async fn limits_unknown_disabled_and_overflowing_requests() {
+    let (ts, token) = server().await;
+    let r = infer(
+        &ts,
+        &token,
+        json!({"model": MODEL, "prompt": "a".repeat(10_001)}),
+    )
+    .await;
+    let body = expect_error(r, 400, "VALIDATION_ERROR").await;
+    assert_eq!(body["error"]["details"]["field"], "prompt");
+    assert!(body["error"]["message"].as_str().unwrap().contains("10000"));
+    // Within the character limit but over the 1024-token slot.
+    let r = infer(
+        &ts,
+        &token,
+        json!({"model": MODEL, "prompt": "hello world ".repeat(800)}),
+    )
+    .await;
+    let body = expect_error(r, 400, "VALIDATION_ERROR").await;
+    assert!(body["error"]["details"]["prompt_tokens"].as_u64().unwrap() > 1023);
+    assert_eq!(body["error"]["details"]["max_prompt_tokens"], 1023);
+    let r = infer(
+        &ts,
+        &token,
+        json!({"model": "no-such-model", "prompt": "x"}),
+    )
+    .await;
+    expect_error(r, 404, "NOT_FOUND").await;
+    let r = infer(&ts, &token, json!({"prompt": "x"})).await;
+    expect_error(r, 400, "VALIDATION_ERROR").await;
+    let r = infer(
+        &ts,
+        &token,
+        json!({"model": MODEL, "prompt": "x", "temperature": -1.0}),
+    )
+    .await;
+    expect_error(r, 400, "VALIDATION_ERROR").await;
+    let r = ts
+        .client
+        .patch(ts.at(&format!("/api/v1/models/{MODEL}")))
+        .bearer_auth(&token)
+        .json(&json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = infer(&ts, &token, json!({"model": MODEL, "prompt": "x"})).await;
+    expect_error(r, 409, "CONFLICT").await;
+}
+
+#[tokio::test]
+async fn default_model_aliases_and_default_params() {
+    let (ts, token) = server_with(&[MODEL], |c| c.models.default = Some(MODEL.into())).await;
+    let r = ts
+        .client
+        .patch(ts.at(&format!("/api/v1/models/{MODEL}")))
+        .bearer_auth(&token)
+        .json(&json!({"aliases": ["tiny"], "defaults": {"max_tokens": 3}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let m: Value = ts
+        .client
+        .get(ts.at("/api/v1/models/tiny"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["id"], MODEL);
+    assert_eq!(m["aliases"], json!(["tiny"]));
+    assert_eq!(m["metadata"]["architecture"], "gemma3");
+    assert_eq!(m["metadata"]["quantization"], "Q4_K_M");
+    let out = infer_ok(&ts, &token, json!({"prompt": "The capital of France is"})).await;
+    assert_eq!(
+        out["usage"]["completion_tokens"], 3,
+        "the model's default max_tokens"
+    );
+    assert_eq!(out["model"], MODEL);
+    let out = infer_ok(
+        &ts,
+        &token,
+        json!({"model": "tiny", "prompt": "The capital of France is", "max_tokens": 5}),
+    )
+    .await;
+    assert_eq!(out["usage"]["completion_tokens"], 5);
+    let r = ts
+        .client
+        .patch(ts.at(&format!("/api/v1/models/{MODEL}")))
+        .bearer_auth(&token)
+        .json(&json!({"defaults": {"top_p": 7.0}}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 400, "VALIDATION_ERROR").await;
+    let updated: Value = ts
+        .client
+        .get(ts.at("/api/v1/audit/events?type=model.updated"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(updated["events"].as_array().unwrap().len(), 1);
+}
+
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn uploads_good_bad_and_oversized() {
+    let (ts, token) = server().await;
+    let models_dir = ts.cfg.models.dir.clone();
+    let upload = |name: &str, body: reqwest::Body| {
+        ts.client
+            .post(ts.at(&format!("/api/v1/models?name={name}")))
+            .bearer_auth(&token)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+    };
+    // Not GGUF: 400, nothing left behind.
+    let r = upload("junk", reqwest::Body::from(vec![b'x'; 4096]))
+        .await
+        .unwrap();
+    expect_error(r, 400, "VALIDATION_ERROR").await;
+    assert_eq!(files_in(&models_dir), [format!("{MODEL}.gguf")]);
+    // A good file, streamed (chunked, no Content-Length).
+    let file = tokio::fs::File::open(model_path()).await.unwrap();
+    let stream = tokio_util::io::ReaderStream::new(file);
+    let r = upload("uploaded", reqwest::Body::wrap_stream(stream))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let m: Value = r.json().await.unwrap();
+    assert_eq!(m["id"], "uploaded");
+    assert_eq!(
+        m["sha256"],
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    );
+    assert_eq!(
+        files_in(&models_dir),
+        [format!("{MODEL}.gguf"), "uploaded.gguf".to_string()]
+    );
+    let r = upload("uploaded", reqwest::Body::from(b"GGUF".to_vec()))
+        .await
+        .unwrap();
+    expect_error(r, 409, "CONFLICT").await;
+    let r = upload("../evil", reqwest::Body::from(b"GGUF".to_vec()))
+        .await
+        .unwrap();
+    expect_error(r, 400, "VALIDATION_ERROR").await;
+    let registered: Value = ts
+        .client
+        .get(ts.at("/api/v1/audit/events?type=model.registered"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(registered["events"].as_array().unwrap().len(), 2);
+
+    // Oversized, with and without Content-Length: 413 and nothing left.
+    let (small, token2) = server_with(&[MODEL], |c| c.models.max_upload_bytes = 1 << 20).await;
+    let mut big = b"GGUF".to_vec();
+    big.resize(2 << 20, 0);
+    for chunked in [false, true] {
+        let body = if chunked {
+            let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                big.chunks(64 << 10).map(|c| Ok(c.to_vec())).collect();
+            reqwest::Body::wrap_stream(futures::stream::iter(chunks))
+        } else {
+            reqwest::Body::from(big.clone())
+        };
+        let r = small
+            .client
+            .post(small.at("/api/v1/models?name=big"))
+            .bearer_auth(&token2)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        expect_error(r, 413, "PAYLOAD_TOO_LARGE").await;
+        assert_eq!(
+            files_in(&small.cfg.models.dir),
+            [format!("{MODEL}.gguf")],
+            "chunked={chunked}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn delete_with_and_without_running_work() {
+    let (ts, token) = server_with(&["victim", "spare"], |_| {}).await;
+    // Idle: deleted at once.
+    let r = ts
+        .client
+        .delete(ts.at("/api/v1/models/spare"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = ts
+        .client
+        .get(ts.at("/api/v1/models/spare"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 404, "NOT_FOUND").await;
+    assert!(!ts.cfg.models.dir.join("spare.gguf").exists());
+
+    // Busy: 409, then force cancels the running request.
+    let (client, url, t) = (ts.client.clone(), ts.at("/api/v1/inference"), token.clone());
+    let running = tokio::spawn(async move {
+        client.post(url).bearer_auth(t)
+            .json(&json!({"model": "victim", "prompt": "Write a very long story about a dragon.", "max_tokens": 900}))
+            .send().await.unwrap().json::<Value>().await.unwrap()
+    });
+    // Wait until the model is loaded and the request holds a slot.
+    let engine = ts.state().engine().clone();
+    for _ in 0..400 {
+        let stats = engine.stats();
+        if engine.active_requests("victim") > 0 && stats.loaded_models.iter().any(|m| m == "victim")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        engine.active_requests("victim") > 0,
+        "the request is running"
+    );
+    let r = ts
+        .client
+        .delete(ts.at("/api/v1/models/victim"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 409, "CONFLICT").await;
+    let r = ts
+        .client
+        .delete(ts.at("/api/v1/models/victim?force=true"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let out = running.await.unwrap();
+    assert_eq!(out["finish_reason"], "cancelled", "{out}");
+    let deleted: Value = ts
+        .client
+        .get(ts.at("/api/v1/audit/events?type=model.deleted"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let deleted = deleted["events"].as_array().unwrap();
+    assert_eq!(deleted.len(), 2);
+    assert_eq!(deleted[1]["payload"]["forced"], true);
+}
