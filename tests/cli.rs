@@ -1,0 +1,199 @@
+//! The real binary: offline user administration, graceful shutdown with a request in flight,
+//! `--version` and `openapi`.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+fn inferno(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut child = Command::new(common::inferno_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn version_and_openapi() {
+    let out = inferno(&["--version"], None);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = inferno(&["openapi"], None);
+    let spec: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(spec["paths"]["/api/v1/auth/login"].is_object());
+}
+
+#[tokio::test]
+async fn offline_user_administration() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    // An empty data dir: add a user, reading the password from stdin.
+    let out = inferno(
+        &["user", "add", "--data-dir", d, "--role", "auditor", "greta"],
+        Some("greta-password-123\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = inferno(
+        &["user", "add", "--data-dir", d, "greta"],
+        Some("another-password-1\n"),
+    );
+    assert!(!out.status.success(), "duplicate username refused");
+    let out = inferno(&["user", "add", "--data-dir", d, "shorty"], Some("short\n"));
+    assert!(!out.status.success(), "short password refused");
+    let out = inferno(&["user", "list", "--data-dir", d], None);
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(listing.contains("greta\tauditor\tactive"), "{listing}");
+
+    // The server uses what the CLI wrote, then the CLI changes it back on the stopped server.
+    let server = common::spawn_server(&data, &[]).await;
+    let c = reqwest::Client::new();
+    let login = |url: String, p: &'static str| {
+        c.post(format!("{url}/api/v1/auth/login"))
+            .json(&json!({"username": "greta", "password": p}))
+            .send()
+    };
+    assert_eq!(
+        login(server.url.clone(), "greta-password-123")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let out = inferno(&["user", "list", "--data-dir", d], None);
+    assert!(
+        !out.status.success(),
+        "the running server holds the data dir"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+    server.terminate();
+
+    let out = inferno(
+        &["user", "passwd", "--data-dir", d, "greta"],
+        Some("greta-new-password-9\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = common::spawn_server(&data, &[]).await;
+    assert_eq!(
+        login(server.url.clone(), "greta-password-123")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        login(server.url.clone(), "greta-new-password-9")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    server.terminate();
+
+    let out = inferno(&["user", "disable", "--data-dir", d, "greta"], None);
+    assert!(out.status.success());
+    let server = common::spawn_server(&data, &[]).await;
+    assert_eq!(
+        login(server.url.clone(), "greta-new-password-9")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    server.terminate();
+    // Every change is in the verified log.
+    let out = inferno(&["audit", "verify", "--data-dir", d], None);
+    assert!(out.status.success());
+    let out = inferno(
+        &[
+            "audit",
+            "export",
+            "--data-dir",
+            d,
+            "--type",
+            "user.disabled",
+        ],
+        None,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_request_in_flight() {
+    let model = std::env::var("INFERNO_TEST_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("models/gemma-3-270m-q4_k_m.gguf")
+        });
+    assert!(model.exists(), "run ops/fetch-model.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::os::unix::fs::symlink(&model, models.join("gemma-3-270m-q4_k_m.gguf")).unwrap();
+    let server = common::spawn_server(
+        &dir.path().join("data"),
+        &[
+            ("INFERNO_MODELS__DIR", models.to_str().unwrap()),
+            ("INFERNO_MODELS__THREADS", "1"),
+        ],
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let token: Value = c
+        .post(server.at("/api/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": common::ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["token"].as_str().unwrap().to_string();
+    let (c2, url, t2) = (c.clone(), server.at("/api/v1/inference"), token.clone());
+    let in_flight = tokio::spawn(async move {
+        c2.post(url).bearer_auth(t2)
+            .json(&json!({"model": "gemma-3-270m-q4_k_m", "prompt": "Tell me a long story about a dragon.", "max_tokens": 48}))
+            .send().await
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let url = server.url.clone();
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "clean exit: {status:?}");
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request got its answer");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["usage"]["completion_tokens"], 48, "{body}");
+    // Stopped: nothing is accepted any more.
+    assert!(c.get(format!("{url}/health")).send().await.is_err());
+}
