@@ -7,4 +7,6 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inferno/target}"
 ops/setup.sh models
 cargo build --bin inferno
+# Requests may omit "model": the test model is the default unless one is configured.
+export INFERNO_MODELS__DEFAULT="${INFERNO_MODELS__DEFAULT:-gemma-3-270m-q4_k_m}"
 exec "$CARGO_TARGET_DIR/debug/inferno" serve --models-dir models "$@"

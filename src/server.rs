@@ -274,28 +274,25 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing SIGTERM handler");
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, so a
+/// signal that arrives while the server is still starting is not lost.
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {},
             _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    })
 }
 
 /// `inferno serve`: start, then stop gracefully on a signal.
 pub async fn serve(config: Config, opts: StartOptions) -> anyhow::Result<()> {
+    let signal = shutdown_signal()?;
     let server = start(config, opts).await?;
-    shutdown_signal().await;
+    signal.await;
     tracing::info!("shutting down: finishing in-flight requests");
     server.state.set_ready(false);
     server.shutdown().await

@@ -197,3 +197,133 @@ async fn sigterm_finishes_the_request_in_flight() {
     // Stopped: nothing is accepted any more.
     assert!(c.get(format!("{url}/health")).send().await.is_err());
 }
+
+#[tokio::test]
+async fn replay_rebuilds_projections_and_tampering_stops_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap().to_string();
+    let server = common::spawn_server(&data, &[]).await;
+    let c = reqwest::Client::new();
+    let token: Value = c
+        .post(server.at("/api/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": common::ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["token"].as_str().unwrap().to_string();
+    let key: Value = c
+        .post(server.at("/api/v1/auth/api-keys"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "survivor", "permissions": ["read_models"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = key["key"].as_str().unwrap().to_string();
+    server.terminate();
+
+    // Replay rebuilds every projection from the log; the key still works afterwards.
+    let out = inferno(&["audit", "replay", "--data-dir", &d], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = common::spawn_server(&data, &[]).await;
+    let r = c
+        .get(server.at("/api/v1/auth/me"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.terminate();
+
+    // Flip one byte of the newest event.
+    let head = {
+        let out = inferno(&["audit", "verify", "--data-dir", &d], None);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["head_seq"].as_u64().unwrap()
+    };
+    {
+        let db = fjall::Database::builder(data.join("log")).open().unwrap();
+        let events = db
+            .keyspace("events", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        let k = head.to_be_bytes();
+        let mut v = events.get(k).unwrap().unwrap().to_vec();
+        // Year 2026 becomes 3026: still a valid event, no longer the hashed one.
+        let pos = v.windows(7).position(|w| w == b"\"ts\":\"2").unwrap();
+        v[pos + 6] = b'3';
+        events.insert(k, v).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let out = inferno(&["audit", "verify", "--data-dir", &d], None);
+    assert!(!out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["first_bad_seq"], head);
+    // The server refuses to start on a broken tail, and says why.
+    let out = Command::new(common::inferno_bin())
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir", &d])
+        .env("INFERNO_ADMIN_PASSWORD", common::ADMIN_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&head.to_string()) && err.to_lowercase().contains("chain"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_generated_admin_password_is_printed_once_and_never_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let mut cmd = Command::new(common::inferno_bin());
+    cmd.args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env_remove("INFERNO_ADMIN_PASSWORD")
+        .env("INFERNO_LOGGING__DIR", &logs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !text.contains("inferno listening") && std::time::Instant::now() < deadline {
+        let mut buf = [0u8; 4096];
+        let n = std::io::Read::read(&mut stderr, &mut buf).unwrap();
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().unwrap();
+    let password = text
+        .split("with password: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the password is printed")
+        .to_string();
+    assert!(password.len() >= 16);
+    let mut logged = String::new();
+    for e in std::fs::read_dir(&logs).unwrap() {
+        logged.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap());
+    }
+    assert!(
+        logged.contains("inferno listening"),
+        "the log file is written"
+    );
+    assert!(
+        !logged.contains(&password),
+        "the password is not in the log file"
+    );
+}

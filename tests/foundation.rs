@@ -304,3 +304,21 @@ mod tls {
         assert!(r.is_err(), "clients validate certificates");
     }
 }
+
+#[tokio::test]
+async fn spec_and_docs_are_served() {
+    let ts = start().await;
+    let r = ts
+        .client
+        .get(ts.at("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let served: Value = r.json().await.unwrap();
+    let generated: Value = serde_json::from_str(&inferno::api::spec_json()).unwrap();
+    assert_eq!(served, generated);
+    let r = ts.client.get(ts.at("/docs")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().to_lowercase().contains("<html"));
+}

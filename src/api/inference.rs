@@ -8,7 +8,7 @@ use super::error::ApiError;
 use super::security::Auth;
 use super::ApiTags;
 use crate::auth::perm;
-use crate::inference::runner::{finish_name, InferenceError, InferenceInput};
+use crate::inference::runner::{finish_name, InferenceError, InferenceInput, SamplingOverrides};
 use crate::inference::{ChatMessage, ChatRole};
 use crate::server::AppState;
 
@@ -129,14 +129,16 @@ impl InferenceApi {
             model: b.model,
             prompt: b.prompt,
             messages,
-            max_tokens: b.max_tokens,
-            temperature: b.temperature,
-            top_k: b.top_k,
-            top_p: b.top_p,
-            min_p: b.min_p,
-            repeat_penalty: b.repeat_penalty,
-            seed: b.seed,
-            stop: b.stop,
+            sampling: SamplingOverrides {
+                max_tokens: b.max_tokens,
+                temperature: b.temperature,
+                top_k: b.top_k,
+                top_p: b.top_p,
+                min_p: b.min_p,
+                repeat_penalty: b.repeat_penalty,
+                seed: b.seed,
+                stop: b.stop,
+            },
         };
         let runner = state.runner();
         let valid = runner.validate(input)?;

@@ -15,6 +15,7 @@ use super::security::Auth;
 use super::ApiTags;
 use crate::auth::perm;
 use crate::inference::catalog::{metadata_json, CatalogError, ModelPatch, ModelView};
+use crate::inference::runner::SamplingOverrides;
 use crate::inference::{EngineError, SamplingParams};
 use crate::server::AppState;
 
@@ -73,18 +74,17 @@ pub struct Sampling {
     pub stop: Option<Vec<String>>,
 }
 
-impl From<Sampling> for SamplingParams {
+impl From<Sampling> for SamplingOverrides {
     fn from(s: Sampling) -> Self {
-        let d = SamplingParams::default();
-        SamplingParams {
-            max_tokens: s.max_tokens.unwrap_or(d.max_tokens),
-            temperature: s.temperature.unwrap_or(d.temperature),
+        SamplingOverrides {
+            max_tokens: s.max_tokens,
+            temperature: s.temperature,
             top_k: s.top_k,
             top_p: s.top_p,
             min_p: s.min_p,
             repeat_penalty: s.repeat_penalty,
             seed: s.seed,
-            stop: s.stop.unwrap_or_default(),
+            stop: s.stop,
         }
     }
 }
@@ -213,7 +213,9 @@ impl ModelsApi {
         let b = body.0;
         let patch = ModelPatch {
             aliases: b.aliases,
-            defaults: b.defaults.map(SamplingParams::from),
+            defaults: b
+                .defaults
+                .map(|d| SamplingOverrides::from(d).apply(SamplingParams::default())),
             enabled: b.enabled,
         };
         let model = state

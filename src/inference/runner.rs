@@ -17,13 +17,19 @@ use super::{
 use crate::auth::{perm, Granted};
 use crate::events::{self as ev, ContentRecord, Event, EventContext, EventStore};
 
-/// What a client asked for, before validation. `None` sampling fields take the model's
+/// What a client asked for, before validation. Unset sampling fields take the model's
 /// defaults, then the server's.
 #[derive(Debug, Default)]
 pub struct InferenceInput {
     pub model: Option<String>,
     pub prompt: Option<String>,
     pub messages: Option<Vec<ChatMessage>>,
+    pub sampling: SamplingOverrides,
+}
+
+/// Sampling fields a client or a model's defaults may set; `None` keeps the value below.
+#[derive(Debug, Clone, Default)]
+pub struct SamplingOverrides {
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
     pub top_k: Option<i32>,
@@ -32,6 +38,27 @@ pub struct InferenceInput {
     pub repeat_penalty: Option<f32>,
     pub seed: Option<u32>,
     pub stop: Option<Vec<String>>,
+}
+
+impl SamplingOverrides {
+    /// `base` with every set field replaced.
+    pub fn apply(self, mut base: SamplingParams) -> SamplingParams {
+        if let Some(v) = self.max_tokens {
+            base.max_tokens = v;
+        }
+        if let Some(v) = self.temperature {
+            base.temperature = v;
+        }
+        base.top_k = self.top_k.or(base.top_k);
+        base.top_p = self.top_p.or(base.top_p);
+        base.min_p = self.min_p.or(base.min_p);
+        base.repeat_penalty = self.repeat_penalty.or(base.repeat_penalty);
+        base.seed = self.seed.or(base.seed);
+        if let Some(stop) = self.stop {
+            base.stop = stop;
+        }
+        base
+    }
 }
 
 /// A request that passed every check; the only thing [`Runner::execute`] accepts.
@@ -187,21 +214,7 @@ impl Runner {
                 model.record.id
             )));
         }
-        let mut params = model.defaults();
-        if let Some(v) = input.max_tokens {
-            params.max_tokens = v;
-        }
-        if let Some(v) = input.temperature {
-            params.temperature = v;
-        }
-        params.top_k = input.top_k.or(params.top_k);
-        params.top_p = input.top_p.or(params.top_p);
-        params.min_p = input.min_p.or(params.min_p);
-        params.repeat_penalty = input.repeat_penalty.or(params.repeat_penalty);
-        params.seed = input.seed.or(params.seed);
-        if let Some(stop) = input.stop {
-            params.stop = stop;
-        }
+        let params = input.sampling.apply(model.defaults());
         params
             .validate()
             .map_err(|e| invalid("params", e.to_string()))?;
