@@ -1,14 +1,21 @@
 //! In-process engine benchmark: single-request decode speed, aggregate throughput at 4 and 8
 //! concurrent requests, and time to first token.
 //!
-//! usage: cargo run --example engine_bench -- [MODEL] [THREADS] [PARALLEL] [MAX_TOKENS]
-//! defaults: models/gemma-3-270m-q4_k_m.gguf, all cores, 8, 64
+//! usage: cargo run --example engine_bench -- [MODEL] [THREADS] [PARALLEL] [MAX_TOKENS] [PROMPTS_FILE] [ROUNDS]
+//! defaults: models/gemma-3-270m-q4_k_m.gguf, all cores, 8, 64, the built-in prompts, 1
+//!
+//! PROMPTS_FILE holds one prompt per non-empty line (`-` = the built-in prompts). With
+//! ROUNDS above 1 the single-request figure is ROUNDS sequential requests (prompts 1..ROUNDS)
+//! and each concurrency level runs ROUNDS batches; tokens/s is total completion tokens over
+//! total wall time. The last line, `BENCH_JSON {...}`, repeats every figure for scripts
+//! (`ops/bench-inference.sh`).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use inferno::inference::{
-    Engine, EngineConfig, GenEvent, GenerateRequest, LlamaEngine, ModelSpec, Prompt, SamplingParams,
+    Engine, EngineConfig, GenEvent, GenerateRequest, LlamaEngine, ModelSpec, Prompt,
+    SamplingParams, Timings,
 };
 
 const PROMPTS: [&str; 8] = [
@@ -24,7 +31,46 @@ const PROMPTS: [&str; 8] = [
 
 struct Run {
     tokens: u32,
+    prompt_tokens: u32,
     ttft_ms: f64,
+    /// The engine's own timings (the same figures the HTTP API reports).
+    timings: Timings,
+}
+
+/// One measured phase: `requests` runs whose wall times add up to `secs`.
+struct Phase {
+    name: String,
+    concurrency: usize,
+    runs: Vec<Run>,
+    secs: f64,
+}
+
+impl Phase {
+    fn tokens(&self) -> u32 {
+        self.runs.iter().map(|r| r.tokens).sum()
+    }
+
+    fn mean(&self, f: impl Fn(&Run) -> f64) -> f64 {
+        self.runs.iter().map(f).sum::<f64>() / self.runs.len().max(1) as f64
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "concurrency": self.concurrency,
+            "requests": self.runs.len(),
+            "completion_tokens": self.tokens(),
+            "completion_tokens_each": self.runs.iter().map(|r| r.tokens).collect::<Vec<_>>(),
+            "prompt_tokens_each": self.runs.iter().map(|r| r.prompt_tokens).collect::<Vec<_>>(),
+            "wall_s": self.secs,
+            "tokens_per_second": f64::from(self.tokens()) / self.secs,
+            "client_ttft_ms_mean": self.mean(|r| r.ttft_ms),
+            "queue_ms_mean": self.mean(|r| r.timings.queue_ms),
+            "prompt_ms_mean": self.mean(|r| r.timings.prompt_ms),
+            "server_ttft_ms_mean": self.mean(|r| r.timings.queue_ms + r.timings.prompt_ms),
+            "decode_tokens_per_second_mean": self.mean(|r| r.timings.tokens_per_second),
+        })
+    }
 }
 
 async fn one(engine: &LlamaEngine, spec: &ModelSpec, prompt: &str, max_tokens: u32) -> Run {
@@ -53,7 +99,9 @@ async fn one(engine: &LlamaEngine, spec: &ModelSpec, prompt: &str, max_tokens: u
             GenEvent::Done(done) => {
                 return Run {
                     tokens: done.completion_tokens,
+                    prompt_tokens: done.prompt_tokens,
                     ttft_ms: ttft_ms.unwrap_or(f64::NAN),
+                    timings: done.timings,
                 }
             }
             GenEvent::Error(e) => panic!("generation failed: {e}"),
@@ -61,23 +109,41 @@ async fn one(engine: &LlamaEngine, spec: &ModelSpec, prompt: &str, max_tokens: u
     }
 }
 
-async fn concurrent(engine: &LlamaEngine, spec: &ModelSpec, n: usize, max_tokens: u32) {
-    let start = Instant::now();
-    let runs = futures::future::join_all(
-        PROMPTS
-            .iter()
-            .cycle()
-            .take(n)
-            .map(|p| one(engine, spec, p, max_tokens)),
-    )
-    .await;
-    let secs = start.elapsed().as_secs_f64();
-    let tokens: u32 = runs.iter().map(|r| r.tokens).sum();
-    let mean_ttft = runs.iter().map(|r| r.ttft_ms).sum::<f64>() / n as f64;
+async fn concurrent(
+    engine: &LlamaEngine,
+    spec: &ModelSpec,
+    prompts: &[String],
+    n: usize,
+    max_tokens: u32,
+    rounds: usize,
+) -> Phase {
+    let mut phase = Phase {
+        name: format!("concurrent{n}"),
+        concurrency: n,
+        runs: Vec::new(),
+        secs: 0.0,
+    };
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let runs = futures::future::join_all(
+            prompts
+                .iter()
+                .cycle()
+                .take(n)
+                .map(|p| one(engine, spec, p, max_tokens)),
+        )
+        .await;
+        phase.secs += start.elapsed().as_secs_f64();
+        phase.runs.extend(runs);
+    }
+    let tokens = phase.tokens();
     println!(
-        "concurrency {n}: {tokens} tokens in {secs:.2} s = {:.1} tok/s aggregate, mean TTFT {mean_ttft:.0} ms",
-        f64::from(tokens) / secs
+        "concurrency {n}: {tokens} tokens in {:.2} s = {:.1} tok/s aggregate, mean TTFT {:.0} ms",
+        phase.secs,
+        f64::from(tokens) / phase.secs,
+        phase.mean(|r| r.ttft_ms)
     );
+    phase
 }
 
 #[tokio::main]
@@ -93,6 +159,19 @@ async fn main() {
         .map_or(defaults.threads, |a| a.parse().expect("THREADS"));
     let parallel = args.next().map_or(8, |a| a.parse().expect("PARALLEL"));
     let max_tokens: u32 = args.next().map_or(64, |a| a.parse().expect("MAX_TOKENS"));
+    let prompts: Vec<String> = match args.next().filter(|a| a != "-") {
+        Some(file) => std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("PROMPTS_FILE {file}: {e}"))
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
+        None => PROMPTS.iter().map(|p| (*p).to_string()).collect(),
+    };
+    assert!(!prompts.is_empty(), "PROMPTS_FILE has no prompts");
+    let rounds: usize = args.next().map_or(1, |a| a.parse().expect("ROUNDS"));
+    assert!(rounds >= 1, "ROUNDS must be at least 1");
     assert!(
         path.is_file(),
         "{} missing: run ops/fetch-model.sh",
@@ -118,20 +197,41 @@ async fn main() {
         load.elapsed().as_secs_f64() * 1e3
     );
 
-    let start = Instant::now();
-    let run = one(&engine, &spec, PROMPTS[0], max_tokens).await;
-    let secs = start.elapsed().as_secs_f64();
+    let mut single = Phase {
+        name: "single".into(),
+        concurrency: 1,
+        runs: Vec::new(),
+        secs: 0.0,
+    };
+    for prompt in prompts.iter().cycle().take(rounds) {
+        let start = Instant::now();
+        let run = one(&engine, &spec, prompt, max_tokens).await;
+        single.secs += start.elapsed().as_secs_f64();
+        single.runs.push(run);
+    }
     println!(
-        "single: {} tokens in {secs:.2} s = {:.1} tok/s, TTFT {:.0} ms",
-        run.tokens,
-        f64::from(run.tokens) / secs,
-        run.ttft_ms
+        "single: {} tokens in {:.2} s = {:.1} tok/s, TTFT {:.0} ms",
+        single.tokens(),
+        single.secs,
+        f64::from(single.tokens()) / single.secs,
+        single.mean(|r| r.ttft_ms)
     );
-    concurrent(&engine, &spec, 4, max_tokens).await;
-    concurrent(&engine, &spec, 8, max_tokens).await;
+    let c4 = concurrent(&engine, &spec, &prompts, 4, max_tokens, rounds).await;
+    let c8 = concurrent(&engine, &spec, &prompts, 8, max_tokens, rounds).await;
     let stats = engine.stats();
     println!(
         "decode steps {}, largest batch {} sequences, {} tokens generated",
         stats.decode_steps, stats.max_batch_sequences, stats.tokens_generated
     );
+    let report = serde_json::json!({
+        "threads": threads,
+        "parallel": parallel,
+        "ctx_per_slot": 1024,
+        "max_tokens": max_tokens,
+        "rounds": rounds,
+        "phases": [single.json(), c4.json(), c8.json()],
+        "decode_steps": stats.decode_steps,
+        "max_batch_sequences": stats.max_batch_sequences,
+    });
+    println!("BENCH_JSON {report}");
 }

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Auth overhead under load: starts its own `inferno serve` (temp data dir, loopback, rate limit
+# out of the way) and runs wrk against, one after another:
+#   1. GET /health                 unauthenticated (the baseline)
+#   2. GET /api/v1/auth/me         X-API-Key: <key>
+#   3. GET /api/v1/auth/me         Authorization: Bearer <jwt>
+# then prints requests/s and p99 latency for each, with ratios to /health.
+#
+# usage: load-tests/auth_load.sh            env: WRK_THREADS (2) WRK_CONNECTIONS (32) WRK_DURATION (10s)
+# Needs wrk (apt-get install -y wrk), curl and python3. Builds the dev-profile binary if needed;
+# set INFERNO_BIN to use another binary. The access log stays at the configured level (info:
+# one line per request, to a file), as in production; INFERNO_LOGGING__LEVEL=warn drops it.
+# Stops the server and removes the data dir on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+THREADS="${WRK_THREADS:-2}"
+CONNS="${WRK_CONNECTIONS:-32}"
+DURATION="${WRK_DURATION:-10s}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inferno/target}"
+
+if ! command -v wrk >/dev/null; then
+    echo "auth_load: installing wrk"
+    if [[ $EUID -eq 0 ]]; then apt-get install -y wrk; else sudo apt-get install -y wrk; fi
+fi
+if [[ -z "${INFERNO_BIN:-}" ]]; then
+    cargo build --bin inferno
+    INFERNO_BIN="$CARGO_TARGET_DIR/debug/inferno"
+fi
+
+work="$(mktemp -d -t inferno-auth-load.XXXXXX)"
+server_pid=""
+cleanup() {
+    if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
+        kill -TERM "$server_pid" 2>/dev/null || true
+        for _ in $(seq 1 20); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.5; done
+        kill -KILL "$server_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+base="http://127.0.0.1:$port"
+password="auth-load-admin-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+
+mkdir -p "$work/models"   # no models needed: an empty models dir keeps startup quick
+INFERNO_ADMIN_PASSWORD="$password" \
+INFERNO_LIMITS__REQUESTS_PER_MINUTE=100000000 \
+INFERNO_AUTH__LOGIN_ATTEMPTS_PER_MINUTE=1000 \
+    "$INFERNO_BIN" serve --bind "127.0.0.1:$port" --data-dir "$work/data" --models-dir "$work/models" \
+    >"$work/server.log" 2>&1 &
+server_pid=$!
+
+for _ in $(seq 1 120); do
+    curl -fsS "$base/ready" >/dev/null 2>&1 && break
+    kill -0 "$server_pid" 2>/dev/null || { echo "auth_load: server exited:"; cat "$work/server.log"; exit 1; }
+    sleep 0.5
+done
+curl -fsS "$base/ready" >/dev/null || { echo "auth_load: server not ready"; cat "$work/server.log"; exit 1; }
+
+json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
+token="$(curl -fsS -X POST "$base/api/v1/auth/login" -H 'Content-Type: application/json' \
+    -d "{\"username\":\"admin\",\"password\":\"$password\"}" | json_field token)"
+# no per-key rate_limit_per_minute: the key then falls under the (raised) global limit
+key="$(curl -fsS -X POST "$base/api/v1/auth/api-keys" -H 'Content-Type: application/json' \
+    -H "Authorization: Bearer $token" \
+    -d '{"name":"auth-load","permissions":["read_models"]}' | json_field key)"
+# sanity: both credentials work before loading them
+curl -fsS "$base/api/v1/auth/me" -H "X-API-Key: $key" >/dev/null
+curl -fsS "$base/api/v1/auth/me" -H "Authorization: Bearer $token" >/dev/null
+
+run() { # name, then extra wrk args; wrk's full output goes to $work/NAME.txt and the terminal
+    local name="$1"; shift
+    echo "== $name: wrk -t$THREADS -c$CONNS -d$DURATION --latency $*" | sed -E 's/(X-API-Key: |Bearer )[^ ]+/\1<redacted>/'
+    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" | tee "$work/$name.txt" | sed -n '/Latency Distribution/,/Requests\/sec/p;/Non-2xx/p;/Socket errors/p'
+}
+run health "$base/health"
+run apikey -H "X-API-Key: $key" "$base/api/v1/auth/me"
+run jwt -H "Authorization: Bearer $token" "$base/api/v1/auth/me"
+
+python3 - "$work" <<'PY'
+import re, sys
+work = sys.argv[1]
+def to_ms(v):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
+    n, u = float(m.group(1)), m.group(2)
+    return n * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[u]
+rows = []
+for name, label in (("health", "GET /health (no auth)"), ("apikey", "GET /auth/me X-API-Key"), ("jwt", "GET /auth/me Bearer JWT")):
+    text = open(f"{work}/{name}.txt").read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    p50 = to_ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+    p99 = to_ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
+    total = int(re.search(r"(\d+) requests in", text).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    errs = re.search(r"Socket errors: (.*)", text)
+    rows.append((label, rps, p50, p99, total, int(bad.group(1)) if bad else 0, errs.group(1) if errs else ""))
+base_rps, base_p99 = rows[0][1], rows[0][3]
+print()
+print(f"{'endpoint':<26} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'req/s vs /health':>17} {'p99 vs /health':>15} {'non-2xx':>8}")
+print("-" * 98)
+for label, rps, p50, p99, total, bad, errs in rows:
+    print(f"{label:<26} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f} {rps / base_rps:>17.2f} {p99 / base_p99:>15.2f} {bad:>8}" + (f"  socket errors: {errs}" if errs else ""))
+print("-" * 98)
+print("req/s ratio < 1 and p99 ratio > 1 = the cost of authentication (and rate limiting) per request")
+if any(r[5] for r in rows):
+    print("WARNING: some responses were not 2xx (see above); those figures do not measure success paths")
+PY

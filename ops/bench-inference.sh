@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Inference benchmark, side by side in one run: Inferno's engine in-process (engine_bench),
+# Inferno over HTTP (`inferno serve`), and llama.cpp's own server (PyPI `xllamacpp`), with the
+# same model, threads, slots, total context and prompts. One subject at a time; prints a table
+# of tokens/s and TTFT with the ratios between the subjects (read the ratios: the machine may
+# be shared and noisy).
+#
+# usage: ops/bench-inference.sh [extra args for load-tests/bench_inference.py]
+#   e.g. ops/bench-inference.sh --max-tokens 64 --rounds 2 --json-out /tmp/bench.json
+# env:   BENCH_THREADS (2), BENCH_PARALLEL (8), BENCH_CTX_PER_SLOT (1024), BENCH_MAX_TOKENS (128),
+#        BENCH_VENV ($HOME/.cache/inferno/bench-venv), CARGO_TARGET_DIR ($HOME/.cache/inferno/target)
+#
+# Idempotent: builds (dev profile) `inferno` and the `engine_bench` example, fetches the test
+# model, creates the venv and installs xllamacpp only when missing. Every process it starts
+# is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inferno/target}"
+VENV="${BENCH_VENV:-$HOME/.cache/inferno/bench-venv}"
+MODEL="models/gemma-3-270m-q4_k_m.gguf"
+
+ops/fetch-model.sh models
+cargo build --bin inferno --example engine_bench
+
+if ! "$VENV/bin/python" -c 'import xllamacpp' 2>/dev/null; then
+    echo "bench-inference: installing xllamacpp into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --upgrade xllamacpp
+fi
+echo "bench-inference: xllamacpp $("$VENV/bin/python" -c 'import xllamacpp; print(xllamacpp.__version__)')"
+
+child=""
+pidfile="$(mktemp -t inferno-bench-pids.XXXXXX)"
+export BENCH_PIDFILE="$pidfile"
+cleanup() {
+    if [[ -n "$child" ]] && kill -0 "$child" 2>/dev/null; then
+        # the python driver starts each server in its own session and stops it itself;
+        # SIGTERM lets it run its cleanup, SIGKILL if it does not finish
+        kill -TERM "$child" 2>/dev/null || true
+        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$child" 2>/dev/null || break; sleep 1; done
+        kill -KILL "$child" 2>/dev/null || true
+    fi
+    # servers the driver started (each leads its own process group), in case it was killed hard
+    while read -r pid; do
+        [[ -n "$pid" ]] && kill -KILL -- "-$pid" 2>/dev/null || true
+    done <"$pidfile"
+    rm -f "$pidfile"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$VENV/bin/python" load-tests/bench_inference.py \
+    --inferno-bin "$CARGO_TARGET_DIR/debug/inferno" \
+    --engine-bench-bin "$CARGO_TARGET_DIR/debug/examples/engine_bench" \
+    --model "$MODEL" \
+    --threads "${BENCH_THREADS:-2}" \
+    --parallel "${BENCH_PARALLEL:-8}" \
+    --ctx-per-slot "${BENCH_CTX_PER_SLOT:-1024}" \
+    --max-tokens "${BENCH_MAX_TOKENS:-128}" \
+    "$@" &
+child=$!
+wait "$child"
