@@ -34,5 +34,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     let mut opts = crate::server::StartOptions::from_env();
     opts.allow_broken_tail = args.allow_broken_tail;
-    runtime.block_on(crate::server::serve(cfg, opts))
+    let result = runtime.block_on(crate::server::serve(cfg, opts));
+    if let Err(e) = &result {
+        // Into the log too (e.g. a broken event chain), not only onto the terminal.
+        tracing::error!(error = format!("{e:#}"), "inferno stopped");
+    }
+    result
 }
