@@ -3,6 +3,9 @@
 //!
 //! `cargo run --example events_bench -- [N]` (N defaults to 1_000_000). Uses a temp dir
 //! next to the system temp; numbers depend on the disk's fsync latency.
+//!
+//! With `EVENTS_BENCH_DIR=/some/dir` the log is kept there instead; when it already holds
+//! at least N events the append phases are skipped (to time verify/open/replay again).
 
 use inferno::events::admin;
 use inferno::events::*;
@@ -89,12 +92,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|s| s.replace('_', "").parse())
         .transpose()?
         .unwrap_or(1_000_000);
-    let dir = tempfile::tempdir()?;
-    println!("events_bench: N = {n}, dir = {}", dir.path().display());
-    let store = EventStore::open(dir.path(), default_projections(), StoreOptions::default())?;
+    let tmp;
+    let dir: std::path::PathBuf = match std::env::var_os("EVENTS_BENCH_DIR") {
+        Some(d) => d.into(),
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    println!("events_bench: N = {n}, dir = {}", dir.display());
+    let store = EventStore::open(&dir, default_projections(), StoreOptions::default())?;
+    if store.head().0 < n {
+        append_phases(&store, n).await;
+    }
+    verify_open_replay(store, &dir).await
+}
 
+async fn append_phases(store: &EventStore, n: u64) {
     let per = (n / 4).clamp(10, 500);
-    let (rate, lat) = run_single_event_appends(&store, 1, per).await;
+    let (rate, lat) = run_single_event_appends(store, 1, per).await;
     println!(
         "1 appender, 1 event/append:    {rate:>10.0} events/s  p50 {:?}  p99 {:?}  ({} appends)",
         pct(&lat, 0.5),
@@ -102,7 +118,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         lat.len()
     );
     let per = (n / 64).clamp(10, 500);
-    let (rate, lat) = run_single_event_appends(&store, 64, per).await;
+    let (rate, lat) = run_single_event_appends(store, 64, per).await;
     println!(
         "64 appenders, 1 event/append:  {rate:>10.0} events/s  p50 {:?}  p99 {:?}  ({} appends)",
         pct(&lat, 0.5),
@@ -128,7 +144,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }));
     }
     for t in tasks {
-        t.await?;
+        t.await.expect("task");
     }
     let filled = store.head().0 - have;
     let secs = start.elapsed().as_secs_f64();
@@ -136,7 +152,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "64 appenders, 4 events/append: {:>10.0} events/s  ({filled} events in {secs:.1}s)",
         filled as f64 / secs
     );
+}
 
+async fn verify_open_replay(
+    store: EventStore,
+    dir: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
     let total = store.head().0;
     let s = store.clone();
     let start = Instant::now();
@@ -151,13 +172,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(store);
 
     let start = Instant::now();
-    let store = EventStore::open(dir.path(), default_projections(), StoreOptions::default())?;
+    let store = EventStore::open(dir, default_projections(), StoreOptions::default())?;
     println!("open (start-up) with {total} events: {:?}", start.elapsed());
     store.shutdown().await;
     drop(store);
 
     let start = Instant::now();
-    let r = admin::replay(dir.path(), false)?;
+    let r = admin::replay(dir, false)?;
     println!(
         "replay of {} events:           {:.2}s  (records: {:?})",
         r.events,

@@ -245,7 +245,7 @@ async fn replay_rebuilds_projections_and_tampering_stops_the_server() {
     assert_eq!(r.status(), 200);
     server.terminate();
 
-    // Flip one byte of the newest event.
+    // Corrupt the newest event's structure: the chain check reports it, open refuses.
     let head = {
         let out = inferno(&["audit", "verify", "--data-dir", &d], None);
         let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -258,9 +258,8 @@ async fn replay_rebuilds_projections_and_tampering_stops_the_server() {
             .unwrap();
         let k = head.to_be_bytes();
         let mut v = events.get(k).unwrap().unwrap().to_vec();
-        // Year 2026 becomes 3026: still a valid event, no longer the hashed one.
-        let pos = v.windows(7).position(|w| w == b"\"ts\":\"2").unwrap();
-        v[pos + 6] = b'3';
+        let pos = v.windows(7).position(|w| w == b"\"actor\"").unwrap();
+        v[pos + 1] = b'A';
         events.insert(k, v).unwrap();
         db.persist(fjall::PersistMode::SyncAll).unwrap();
     }

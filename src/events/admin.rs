@@ -8,6 +8,7 @@ use super::envelope::Envelope;
 use super::error::EventError;
 use super::migrate::META_GENERATION;
 use super::projections::{default_projections, Projection};
+use super::raw::RawEnvelope;
 use super::store::{
     checkpoint_key, fold_log, key_seq, lock_dir, logical_keyspaces, physical_name, seq_key,
     EventStore, Handles, VerifyReport, LOG_DIR,
@@ -93,7 +94,7 @@ fn open_existing(data_dir: &Path) -> Result<(std::fs::File, Handles), EventError
 /// Recomputes the whole chain of a stopped server's log.
 pub fn verify_dir(data_dir: &Path, progress: bool) -> Result<VerifyReport, EventError> {
     let (_lock, h) = open_existing(data_dir)?;
-    let (head, _, _) = h.head()?;
+    let head = h.head_seq()?;
     let mut p = Progress::new(progress, "verify", head);
     let report = h.verify_from(1, |n| p.set(n, head));
     p.finish(report.events);
@@ -114,8 +115,11 @@ pub fn export(
     for g in h.events.range(seq_key(after.saturating_add(1))..) {
         let (k, v) = g.into_inner()?;
         if !types.is_empty() {
-            let env = Envelope::from_stored_bytes(key_seq(&k)?, &v)?;
-            if !types.contains(&env.r#type) {
+            let keep = match RawEnvelope::parse(&v).and_then(|r| r.type_str()) {
+                Some(t) => types.iter().any(|x| x == t),
+                None => types.contains(&Envelope::from_stored_bytes(key_seq(&k)?, &v)?.r#type),
+            };
+            if !keep {
                 continue;
             }
         }

@@ -31,6 +31,7 @@
 //! and step 4 holds.
 
 use super::error::EventError;
+use super::raw::RawEnvelope;
 use super::types::Event;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -162,8 +163,10 @@ impl Envelope {
         write_str(&mut out, self.actor.kind.as_str());
         out.extend_from_slice(b"},\"client_ip\":");
         write_opt_str(&mut out, self.client_ip.as_deref());
-        out.extend_from_slice(b",\"id\":");
-        write_str(&mut out, &self.id.hyphenated().to_string());
+        out.extend_from_slice(b",\"id\":\"");
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        out.extend_from_slice(self.id.hyphenated().encode_lower(&mut id).as_bytes());
+        out.push(b'"');
         out.extend_from_slice(b",\"payload\":");
         write_canonical_value(&mut out, &self.payload);
         out.extend_from_slice(b",\"prev_hash\":");
@@ -171,13 +174,14 @@ impl Envelope {
         out.extend_from_slice(b",\"request_id\":");
         write_opt_str(&mut out, self.request_id.as_deref());
         out.extend_from_slice(b",\"seq\":");
-        out.extend_from_slice(self.seq.to_string().as_bytes());
-        out.extend_from_slice(b",\"ts\":");
-        write_str(&mut out, &format_ts(&self.ts));
+        out.extend_from_slice(itoa_u64(self.seq, &mut [0u8; 20]));
+        out.extend_from_slice(b",\"ts\":\"");
+        write_ts(&mut out, &self.ts);
+        out.push(b'"');
         out.extend_from_slice(b",\"type\":");
         write_str(&mut out, &self.r#type);
         out.extend_from_slice(b",\"version\":");
-        out.extend_from_slice(self.version.to_string().as_bytes());
+        out.extend_from_slice(itoa_u64(self.version.into(), &mut [0u8; 20]));
         out.push(b'}');
         out
     }
@@ -192,7 +196,7 @@ impl Envelope {
 
     /// Decodes the payload into a current-version [`Event`], upcasting old versions.
     pub fn event(&self) -> Result<Event, EventError> {
-        Event::decode(&self.r#type, self.version, self.payload.clone())
+        Event::decode_ref(&self.r#type, self.version, &self.payload)
     }
 
     /// The stored (and exported) JSON form, one line, no trailing newline.
@@ -202,6 +206,10 @@ impl Envelope {
     }
 
     pub fn from_stored_bytes(seq_hint: u64, bytes: &[u8]) -> Result<Envelope, EventError> {
+        // Fast path for the layout this build writes; anything else takes the full decoder.
+        if let Some(env) = RawEnvelope::parse(bytes).and_then(RawEnvelope::to_envelope) {
+            return Ok(env);
+        }
         serde_json::from_slice(bytes)
             .map_err(|e| EventError::decode(format!("event {seq_hint}"), e))
     }
@@ -212,12 +220,45 @@ pub fn format_ts(ts: &DateTime<Utc>) -> String {
     ts.format(TS_FORMAT).to_string()
 }
 
+/// Appends `format_ts(ts)` to `out`, without chrono's format machinery for the usual
+/// years 0..=9999 (chrono formats the rest).
+fn write_ts(out: &mut Vec<u8>, ts: &DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    let year = ts.year();
+    let nanos = ts.nanosecond();
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        out.extend_from_slice(format_ts(ts).as_bytes());
+        return;
+    }
+    let micros = nanos / 1000;
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut v: u32| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, year as u32);
+    put(5, 2, ts.month());
+    put(8, 2, ts.day());
+    put(11, 2, ts.hour());
+    put(14, 2, ts.minute());
+    put(17, 2, ts.second());
+    put(20, 6, micros);
+    out.extend_from_slice(&b);
+}
+
 mod ts_format {
     use chrono::{DateTime, NaiveDateTime, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&ts.format(super::TS_FORMAT))
+        let mut buf = Vec::with_capacity(32);
+        super::write_ts(&mut buf, ts);
+        match std::str::from_utf8(&buf) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => s.collect_str(&ts.format(super::TS_FORMAT)),
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
@@ -225,6 +266,19 @@ mod ts_format {
         NaiveDateTime::parse_from_str(&s, super::TS_FORMAT)
             .map(|n| n.and_utc())
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Decimal digits of `v`, written at the end of `buf`.
+fn itoa_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return &buf[i..];
+        }
     }
 }
 
@@ -273,5 +327,55 @@ pub(crate) fn write_canonical_value(out: &mut Vec<u8>, v: &serde_json::Value) {
         other => {
             let _ = serde_json::to_writer(&mut *out, other);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeDelta, TimeZone};
+
+    #[test]
+    fn write_ts_matches_chrono_formatting() {
+        let mut cases = vec![
+            Utc.with_ymd_and_hms(2025, 1, 31, 9, 8, 7).unwrap(),
+            Utc.with_ymd_and_hms(1, 2, 3, 4, 5, 6).unwrap(),
+            Utc.with_ymd_and_hms(999, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(-1, 1, 1, 0, 0, 0).unwrap(),
+            Utc::now(),
+        ];
+        for extra_nanos in [1, 999, 123_456_789, 999_999_999] {
+            cases.push(cases[0] + TimeDelta::nanoseconds(extra_nanos));
+        }
+        for ts in cases {
+            let mut out = Vec::new();
+            write_ts(&mut out, &ts);
+            assert_eq!(String::from_utf8(out).unwrap(), format_ts(&ts), "{ts:?}");
+        }
+    }
+
+    #[test]
+    fn canonical_bytes_match_the_generic_encoder() {
+        let env = Envelope {
+            seq: 18_446_744_073_709_551_615,
+            id: Uuid::now_v7(),
+            ts: Utc::now(),
+            r#type: "x.y".into(),
+            version: u32::MAX,
+            actor: Actor::api_key("k\u{2}"),
+            request_id: None,
+            client_ip: Some("::1".into()),
+            payload: serde_json::json!({"b": 1, "a": [true, null, 0.5]}),
+            prev_hash: GENESIS_HASH.into(),
+            hash: String::new(),
+        };
+        let mut v = serde_json::to_value(&env).unwrap();
+        let map = v.as_object_mut().unwrap();
+        map.remove("hash");
+        let mut generic = Vec::new();
+        write_canonical_value(&mut generic, &v);
+        assert_eq!(env.canonical_bytes(), generic);
     }
 }

@@ -12,6 +12,7 @@
 //! |---|---|
 //! | `types.rs` | the [`Event`] enum, one payload struct per variant, upcasters for old versions |
 //! | `envelope.rs` | [`Envelope`], the canonical encoding and the hash rule an auditor re-implements |
+//! | `raw.rs` | zero-copy view of stored envelopes for verify, replay and reads (same results as the full decode) |
 //! | `query.rs` | filtered, paged reads over the log and its type/actor indexes |
 //! | `store.rs` | [`EventStore`]: fjall keyspaces, the single writer (group commit + fsync), queries, verify |
 //! | `projections.rs` | the [`Projection`] trait, [`ProjectionTx`], the concrete read models and their read helpers |
@@ -25,6 +26,7 @@ mod error;
 pub mod migrate;
 pub mod projections;
 mod query;
+mod raw;
 mod store;
 mod types;
 

@@ -32,12 +32,19 @@ pub trait Projection: Send + Sync + 'static {
         env: &Envelope,
         event: &Event,
     ) -> Result<(), EventError>;
+    /// Whether [`Projection::apply`] reads `env.payload` (the typed `event` carries the
+    /// same data). When no projection of a replay or catch-up does, the log is folded
+    /// without building each payload's `Value` and `env.payload` is `Null` there.
+    fn reads_payload(&self) -> bool {
+        true
+    }
 }
 
 /// Key/value pairs of a prefix scan, in key order.
 pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
 
-type Staged = BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>;
+/// Staged writes per logical keyspace (`None` = delete).
+type Staged = HashMap<&'static str, BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
 
 /// Staged projection writes of one commit group. Reads see this request's writes, then
 /// earlier requests' writes in the same group, then the keyspace.
@@ -73,11 +80,14 @@ impl<'a> ProjectionTx<'a> {
 
     /// Keeps the current request's writes for the group.
     pub(crate) fn commit_request(&mut self) {
-        if self.group.is_empty() {
-            std::mem::swap(&mut self.group, &mut self.pending);
-        } else {
-            let pending = std::mem::take(&mut self.pending);
-            self.group.extend(pending);
+        for (ks, mut writes) in self.pending.drain() {
+            let group = self.group.entry(ks).or_default();
+            if group.is_empty() {
+                std::mem::swap(group, &mut writes);
+            } else {
+                // Not `append`: it rebuilds the whole map, and groups grow large in replay.
+                group.extend(writes);
+            }
         }
     }
 
@@ -88,37 +98,44 @@ impl<'a> ProjectionTx<'a> {
 
     /// Moves the group's writes into `batch`.
     pub(crate) fn drain_into(&mut self, batch: &mut fjall::OwnedWriteBatch) {
-        for ((ks, key), value) in std::mem::take(&mut self.group) {
+        for (ks, writes) in std::mem::take(&mut self.group) {
             // Keyspace names were checked when staged.
-            let Some(ks) = self.keyspaces.get(&ks) else {
+            let Some(ks) = self.keyspaces.get(ks) else {
                 continue;
             };
-            match value {
-                Some(v) => batch.insert(ks, key, v),
-                None => batch.remove(ks, key),
+            for (key, value) in writes {
+                match value {
+                    Some(v) => batch.insert(ks, key, v),
+                    None => batch.remove(ks, key),
+                }
             }
         }
     }
 
-    fn keyspace(&self, ks: &str) -> Result<&'a Keyspace, EventError> {
-        if !self.owner.contains(&ks) {
+    /// The owning projection's name for `ks` and its open keyspace.
+    fn keyspace(&self, ks: &str) -> Result<(&'static str, &'a Keyspace), EventError> {
+        let Some(name) = self.owner.iter().copied().find(|o| *o == ks) else {
             return Err(EventError::Invalid(format!(
                 "projection {} does not own keyspace {ks:?}",
                 self.owner_name
             )));
-        }
-        self.keyspaces
+        };
+        let keyspace = self
+            .keyspaces
             .get(ks)
-            .ok_or_else(|| EventError::Invalid(format!("keyspace {ks:?} is not open")))
+            .ok_or_else(|| EventError::Invalid(format!("keyspace {ks:?} is not open")))?;
+        Ok((name, keyspace))
     }
 
     fn staged(&self, ks: &str, key: &[u8]) -> Option<&Option<Vec<u8>>> {
-        let k = (ks.to_string(), key.to_vec());
-        self.pending.get(&k).or_else(|| self.group.get(&k))
+        fn layer<'s>(l: &'s Staged, ks: &str, key: &[u8]) -> Option<&'s Option<Vec<u8>>> {
+            l.get(ks).and_then(|m| m.get(key))
+        }
+        layer(&self.pending, ks, key).or_else(|| layer(&self.group, ks, key))
     }
 
     pub fn get(&self, ks: &str, key: &[u8]) -> Result<Option<Vec<u8>>, EventError> {
-        let keyspace = self.keyspace(ks)?;
+        let (_, keyspace) = self.keyspace(ks)?;
         if let Some(v) = self.staged(ks, key) {
             return Ok(v.clone());
         }
@@ -131,30 +148,39 @@ impl<'a> ProjectionTx<'a> {
         key: impl Into<Vec<u8>>,
         value: impl Into<Vec<u8>>,
     ) -> Result<(), EventError> {
-        self.keyspace(ks)?;
+        let (name, _) = self.keyspace(ks)?;
         self.pending
-            .insert((ks.to_string(), key.into()), Some(value.into()));
+            .entry(name)
+            .or_default()
+            .insert(key.into(), Some(value.into()));
         Ok(())
     }
 
     pub fn delete(&mut self, ks: &str, key: impl Into<Vec<u8>>) -> Result<(), EventError> {
-        self.keyspace(ks)?;
-        self.pending.insert((ks.to_string(), key.into()), None);
+        let (name, _) = self.keyspace(ks)?;
+        self.pending
+            .entry(name)
+            .or_default()
+            .insert(key.into(), None);
         Ok(())
     }
 
     /// Records whose key starts with `prefix`, staged writes included, in key order.
     pub fn scan_prefix(&self, ks: &str, prefix: &[u8]) -> Result<KvPairs, EventError> {
-        let keyspace = self.keyspace(ks)?;
+        use std::ops::Bound;
+        let (_, keyspace) = self.keyspace(ks)?;
         let mut out = BTreeMap::new();
         for g in keyspace.prefix(prefix) {
             let (k, v) = g.into_inner()?;
             out.insert(k.to_vec(), Some(v.to_vec()));
         }
         for layer in [&self.group, &self.pending] {
-            let start = (ks.to_string(), prefix.to_vec());
-            for ((lks, k), v) in layer.range(start..) {
-                if lks != ks || !k.starts_with(prefix) {
+            let Some(writes) = layer.get(ks) else {
+                continue;
+            };
+            let range = (Bound::Included(prefix), Bound::Unbounded);
+            for (k, v) in writes.range::<[u8], _>(range) {
+                if !k.starts_with(prefix) {
                     break;
                 }
                 out.insert(k.clone(), v.clone());
@@ -275,6 +301,9 @@ pub mod users {
     impl Projection for UsersProjection {
         fn name(&self) -> &'static str {
             "users"
+        }
+        fn reads_payload(&self) -> bool {
+            false
         }
         fn keyspaces(&self) -> &'static [&'static str] {
             &[KS, KS_BY_NAME]
@@ -397,6 +426,9 @@ pub mod api_keys {
         fn name(&self) -> &'static str {
             "api_keys"
         }
+        fn reads_payload(&self) -> bool {
+            false
+        }
         fn keyspaces(&self) -> &'static [&'static str] {
             &[KS, KS_BY_USER]
         }
@@ -482,6 +514,9 @@ pub mod revoked_tokens {
         fn name(&self) -> &'static str {
             "revoked_tokens"
         }
+        fn reads_payload(&self) -> bool {
+            false
+        }
         fn keyspaces(&self) -> &'static [&'static str] {
             &[KS]
         }
@@ -546,6 +581,9 @@ pub mod models {
     impl Projection for ModelsProjection {
         fn name(&self) -> &'static str {
             "models"
+        }
+        fn reads_payload(&self) -> bool {
+            false
         }
         fn keyspaces(&self) -> &'static [&'static str] {
             &[KS, KS_ALIASES]
@@ -631,6 +669,9 @@ pub mod config {
         fn name(&self) -> &'static str {
             "config"
         }
+        fn reads_payload(&self) -> bool {
+            false
+        }
         fn keyspaces(&self) -> &'static [&'static str] {
             &[KS]
         }
@@ -708,6 +749,9 @@ pub mod jobs {
     impl Projection for JobsProjection {
         fn name(&self) -> &'static str {
             "jobs"
+        }
+        fn reads_payload(&self) -> bool {
+            false
         }
         fn keyspaces(&self) -> &'static [&'static str] {
             &[KS]

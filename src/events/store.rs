@@ -14,6 +14,7 @@ use super::envelope::{Envelope, EventContext, GENESIS_HASH};
 use super::error::EventError;
 use super::migrate::{self, META_GENERATION};
 use super::projections::{Projection, ProjectionTx};
+use super::raw::RawEnvelope;
 use super::types::Event;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -37,7 +38,7 @@ const KS_EVENTS: &str = "events";
 const KS_BY_TYPE: &str = "events_by_type";
 const KS_BY_ACTOR: &str = "events_by_actor";
 const KS_META: &str = "meta";
-const CATCH_UP_CHUNK: usize = 8192;
+const CATCH_UP_CHUNK: usize = 32768;
 
 /// Options for [`EventStore::open`].
 #[derive(Debug, Clone, Default)]
@@ -227,6 +228,14 @@ impl Handles {
         }
     }
 
+    /// The last stored seq, without decoding the event (which may be corrupt).
+    pub(crate) fn head_seq(&self) -> Result<u64, EventError> {
+        match self.events.last_key_value() {
+            None => Ok(0),
+            Some(g) => key_seq(&g.key()?),
+        }
+    }
+
     pub(crate) fn get(&self, seq: u64) -> Result<Option<Envelope>, EventError> {
         match self.events.get(seq_key(seq))? {
             None => Ok(None),
@@ -263,10 +272,10 @@ impl Handles {
     /// event's `prev_hash` is trusted (used for the start-up tail check). Large logs are
     /// checked in two halves on two threads; the link between the halves is checked too.
     pub(crate) fn verify_from(&self, from_seq: u64, mut progress: impl FnMut(u64)) -> VerifyReport {
-        let (head_seq, head_hash) = match self.head() {
-            Ok((s, h, _)) => (s, h),
-            Err(_) => (0, String::new()),
-        };
+        // A corrupt newest event must still be checked (and reported), so the range comes
+        // from the last key, not from decoding the last event.
+        let head_seq = self.head_seq().unwrap_or(0);
+        let head_hash = self.head().map(|(_, h, _)| h).unwrap_or_default();
         let from_seq = from_seq.max(1);
         let mut report = VerifyReport {
             ok: true,
@@ -329,8 +338,9 @@ impl Handles {
             first_prev: None,
             last_hash: None,
         };
-        let mut prev = prev;
+        let mut prev: Option<Vec<u8>> = prev.map(String::into_bytes);
         let mut expected = from;
+        let mut buf = Vec::with_capacity(1024);
         for item in self.events.range(seq_key(from)..=seq_key(to)) {
             let good = (|| -> Result<bool, EventError> {
                 let (k, v) = item.into_inner()?;
@@ -338,13 +348,27 @@ impl Handles {
                 if seq != expected {
                     return Ok(false); // a gap: `expected` is missing
                 }
+                // Fast path: hash the stored bytes' own canonical pieces (see `raw.rs`).
+                if let Some(raw) = RawEnvelope::parse(&v) {
+                    if seq == from {
+                        out.first_prev = Some(String::from_utf8_lossy(raw.prev_hash).into_owned());
+                    }
+                    let linked = prev.as_deref().is_none_or(|p| p == raw.prev_hash);
+                    let ok = raw.seq == seq && linked && raw.hash_matches(&mut buf);
+                    let p = prev.get_or_insert_with(Vec::new);
+                    p.clear();
+                    p.extend_from_slice(raw.hash);
+                    return Ok(ok);
+                }
                 let env = Envelope::from_stored_bytes(seq, &v)?;
                 if seq == from {
                     out.first_prev = Some(env.prev_hash.clone());
                 }
-                let linked = prev.as_deref().is_none_or(|p| p == env.prev_hash);
+                let linked = prev
+                    .as_deref()
+                    .is_none_or(|p| p == env.prev_hash.as_bytes());
                 let ok = env.seq == seq && linked && env.compute_hash() == env.hash;
-                prev = Some(env.hash);
+                prev = Some(env.hash.into_bytes());
                 Ok(ok)
             })()
             .unwrap_or(false);
@@ -361,7 +385,7 @@ impl Handles {
         if expected != to + 1 {
             out.first_bad = Some(expected); // missing events at the end of the range
         }
-        out.last_hash = prev;
+        out.last_hash = prev.map(|p| String::from_utf8_lossy(&p).into_owned());
         out
     }
 }
@@ -393,6 +417,9 @@ fn read_u64(ks: &Keyspace, key: &[u8]) -> Result<Option<u64>, EventError> {
 /// Folds events `after+1..` into `projections`, committing every [`CATCH_UP_CHUNK`] events.
 /// Each projection starts after its own checkpoint when `checkpoints` is given (start-up
 /// catch-up) or at `after` (replay into a fresh generation, which writes no checkpoints).
+///
+/// Two threads: one reads and decodes envelopes (the JSON work), the caller's thread folds
+/// them in seq order and writes the batches.
 pub(crate) fn fold_log(
     h: &Handles,
     projection_ks: &HashMap<String, Keyspace>,
@@ -418,31 +445,98 @@ pub(crate) fn fold_log(
         batch.commit()?;
         Ok(())
     };
-    for item in h.events.range(seq_key(after + 1)..) {
-        let (k, v) = item.into_inner()?;
-        let seq = key_seq(&k)?;
-        let env = Envelope::from_stored_bytes(seq, &v)?;
-        let event = env.event()?;
-        for (i, p) in projections.iter().enumerate() {
-            if checkpoints.is_some_and(|cps| cps[i] >= seq) {
-                continue;
+    std::thread::scope(|s| -> Result<(), EventError> {
+        let (decoded_tx, decoded_rx) = std::sync::mpsc::sync_channel::<DecodedChunk>(4);
+        // Folded chunks go back to the decoder to be freed there: memory freed by the
+        // thread that allocated it avoids contention in the allocator.
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<(Envelope, Event)>>();
+        let payload = projections.iter().any(|p| p.reads_payload());
+        s.spawn(move || decode_log(h, after, payload, &decoded_tx, &done_rx));
+        for chunk in decoded_rx {
+            let chunk = chunk?;
+            for (env, event) in &chunk {
+                let seq = env.seq;
+                for (i, p) in projections.iter().enumerate() {
+                    if checkpoints.is_some_and(|cps| cps[i] >= seq) {
+                        continue;
+                    }
+                    tx.apply(p.as_ref(), env, event)?;
+                }
+                tx.commit_request();
+                last = seq;
+                folded += 1;
+                in_chunk += 1;
+                if in_chunk >= CATCH_UP_CHUNK {
+                    flush(&mut tx, last)?;
+                    in_chunk = 0;
+                    progress(folded);
+                }
             }
-            tx.apply(p.as_ref(), &env, &event)?;
+            let _ = done_tx.send(chunk);
         }
-        tx.commit_request();
-        last = seq;
-        folded += 1;
-        in_chunk += 1;
-        if in_chunk >= CATCH_UP_CHUNK {
-            flush(&mut tx, last)?;
-            in_chunk = 0;
-            progress(folded);
-        }
-    }
+        // Returning early drops the receiver, which stops the decoder.
+        Ok(())
+    })?;
     flush(&mut tx, last)?;
     h.db.persist(PersistMode::SyncAll)?;
     progress(folded);
     Ok(folded)
+}
+
+/// Envelopes decoded ahead of the fold, in seq order; an error ends the stream.
+type DecodedChunk = Result<Vec<(Envelope, Event)>, EventError>;
+const DECODE_CHUNK: usize = 1024;
+
+/// Reads events `after+1..` and sends them decoded, until the end or until the receiver
+/// is gone. Without `payload`, envelopes in the usual layout carry a `Null` payload and
+/// their event is decoded straight from the stored text (see [`Projection::reads_payload`]).
+fn decode_log(
+    h: &Handles,
+    after: u64,
+    payload: bool,
+    out: &std::sync::mpsc::SyncSender<DecodedChunk>,
+    done: &std::sync::mpsc::Receiver<Vec<(Envelope, Event)>>,
+) {
+    let mut chunk = Vec::with_capacity(DECODE_CHUNK);
+    for item in h.events.range(seq_key(after + 1)..) {
+        let decoded = (|| -> Result<(Envelope, Event), EventError> {
+            let (k, v) = item.into_inner()?;
+            let seq = key_seq(&k)?;
+            if !payload {
+                if let Some(raw) = RawEnvelope::parse(&v) {
+                    if let Some(env) = raw.to_envelope_without_payload() {
+                        let event = Event::decode_slice(&env.r#type, env.version, raw.payload)?;
+                        return Ok((env, event));
+                    }
+                }
+            }
+            let env = Envelope::from_stored_bytes(seq, &v)?;
+            let event = env.event()?;
+            Ok((env, event))
+        })();
+        match decoded {
+            Ok(d) => chunk.push(d),
+            Err(e) => {
+                if !chunk.is_empty() && out.send(Ok(chunk)).is_err() {
+                    return;
+                }
+                let _ = out.send(Err(e));
+                return;
+            }
+        }
+        if chunk.len() >= DECODE_CHUNK {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(DECODE_CHUNK));
+            if out.send(Ok(full)).is_err() {
+                return;
+            }
+            while let Ok(folded) = done.try_recv() {
+                drop(folded);
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = out.send(Ok(chunk));
+    }
 }
 
 struct AppendRequest {
@@ -496,9 +590,10 @@ impl EventStore {
         let lock = lock_dir(data_dir)?;
         let h = Handles::open(data_dir, &projections)?;
         h.drop_stale_generations()?;
-        let (head_seq, head_hash, head_ts) = h.head()?;
-
-        let tail_from = head_seq.saturating_sub(TAIL_VERIFY_EVENTS - 1).max(1);
+        // Verify the tail before decoding the newest event, so a corrupt one is reported as
+        // a broken chain at its seq.
+        let last_seq = h.head_seq()?;
+        let tail_from = last_seq.saturating_sub(TAIL_VERIFY_EVENTS - 1).max(1);
         let tail = h.verify_from(tail_from, |_| {});
         if let Some(seq) = tail.first_bad_seq {
             if !opts.allow_broken_tail {
@@ -509,6 +604,7 @@ impl EventStore {
                 "event log chain broken; opened anyway (allow_broken_tail)"
             );
         }
+        let (head_seq, head_hash, head_ts) = h.head()?;
 
         let checkpoints = projections
             .iter()

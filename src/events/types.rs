@@ -56,6 +56,26 @@ macro_rules! events {
                     other => Err(EventError::decode("event", format!("unknown event type {other:?}"))),
                 }
             }
+
+            /// [`Event::decode_current`] straight from the payload's JSON text.
+            fn decode_current_slice(event_type: &str, payload: &[u8]) -> Result<Event, EventError> {
+                match event_type {
+                    $( $ty => serde_json::from_slice(payload)
+                        .map(Event::$variant)
+                        .map_err(|e| EventError::decode(format!("{} v{}", $ty, $ver), e)), )*
+                    other => Err(EventError::decode("event", format!("unknown event type {other:?}"))),
+                }
+            }
+
+            /// [`Event::decode_current`] without taking (or cloning) the payload.
+            fn decode_current_ref(event_type: &str, payload: &Value) -> Result<Event, EventError> {
+                match event_type {
+                    $( $ty => <$variant as Deserialize>::deserialize(payload)
+                        .map(Event::$variant)
+                        .map_err(|e| EventError::decode(format!("{} v{}", $ty, $ver), e)), )*
+                    other => Err(EventError::decode("event", format!("unknown event type {other:?}"))),
+                }
+            }
         }
     };
 }
@@ -80,6 +100,37 @@ impl Event {
             v += 1;
         }
         Event::decode_current(event_type, payload)
+    }
+}
+
+impl Event {
+    /// [`Event::decode`] from a borrowed payload: no clone unless it must be upcast.
+    pub(crate) fn decode_ref(
+        event_type: &str,
+        version: u32,
+        payload: &Value,
+    ) -> Result<Event, EventError> {
+        if Event::current_version(event_type) == Some(version) {
+            Event::decode_current_ref(event_type, payload)
+        } else {
+            Event::decode(event_type, version, payload.clone())
+        }
+    }
+
+    /// [`Event::decode`] from the payload's JSON text, without building a `Value` unless
+    /// it must be upcast.
+    pub(crate) fn decode_slice(
+        event_type: &str,
+        version: u32,
+        payload: &[u8],
+    ) -> Result<Event, EventError> {
+        if Event::current_version(event_type) == Some(version) {
+            Event::decode_current_slice(event_type, payload)
+        } else {
+            let value = serde_json::from_slice(payload)
+                .map_err(|e| EventError::decode(format!("{event_type} payload"), e))?;
+            Event::decode(event_type, version, value)
+        }
     }
 }
 
