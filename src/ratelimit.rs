@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -46,7 +46,8 @@ fn ceil_secs(d: Duration) -> u64 {
 
 pub struct RateLimits {
     default_per_minute: u32,
-    principals: Mutex<HashMap<(String, u32), Arc<Limiter>>>,
+    /// Each principal's limiter and when it was last used (idle ones are pruned).
+    principals: Mutex<HashMap<(String, u32), (Arc<Limiter>, Instant)>>,
     login_ip: DefaultKeyedRateLimiter<String>,
     login_user: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
@@ -74,11 +75,14 @@ impl RateLimits {
             .max(1);
         let limiter = {
             let mut map = self.principals.lock().expect("rate limit map lock");
-            map.entry((key.to_string(), limit))
-                .or_insert_with(|| {
-                    Arc::new(RateLimiter::direct(per_minute(limit)).with_middleware())
-                })
-                .clone()
+            let entry = map.entry((key.to_string(), limit)).or_insert_with(|| {
+                (
+                    Arc::new(RateLimiter::direct(per_minute(limit)).with_middleware()),
+                    Instant::now(),
+                )
+            });
+            entry.1 = Instant::now();
+            entry.0.clone()
         };
         // One token comes back every 60/limit seconds.
         let per_token = Duration::from_secs_f64(60.0 / limit as f64);
@@ -105,6 +109,30 @@ impl RateLimits {
                 })
             }
         }
+    }
+
+    /// Forgets state that no longer limits anyone: principals idle for over a minute (their
+    /// allowance is full again) and login keys whose allowance has refilled. Called
+    /// periodically so memory stays bounded by recent traffic.
+    pub fn housekeeping(&self) {
+        self.prune(Duration::from_secs(61));
+    }
+
+    /// As [`Self::housekeeping`], forgetting principals idle for longer than `idle`.
+    fn prune(&self, idle: Duration) {
+        self.principals
+            .lock()
+            .expect("rate limit map lock")
+            .retain(|_, (_, last)| last.elapsed() < idle);
+        self.login_ip.retain_recent();
+        self.login_user.retain_recent();
+        self.login_ip.shrink_to_fit();
+        self.login_user.shrink_to_fit();
+    }
+
+    /// Number of principals with live limiter state (for tests and metrics).
+    pub fn tracked_principals(&self) -> usize {
+        self.principals.lock().expect("rate limit map lock").len()
     }
 
     /// Counts a login attempt against both the client IP and the username; `Err` carries
@@ -139,6 +167,21 @@ mod tests {
         assert!(refused.retry_after_secs >= 1);
         // Another principal has its own allowance.
         assert!(rl.check("other", None).is_ok());
+    }
+
+    #[test]
+    fn housekeeping_forgets_only_idle_principals() {
+        let rl = RateLimits::new(60, 10);
+        rl.check("a", None).unwrap();
+        rl.check_login("127.0.0.1", "someone").unwrap();
+        rl.housekeeping();
+        assert_eq!(
+            rl.tracked_principals(),
+            1,
+            "a principal used just now is kept"
+        );
+        rl.prune(Duration::ZERO);
+        assert_eq!(rl.tracked_principals(), 0, "idle principals are forgotten");
     }
 
     #[test]

@@ -233,6 +233,19 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         None => (tcp.boxed(), false),
     };
 
+    // Rate-limit state for principals and login keys that went quiet is dropped every minute.
+    let weak = Arc::downgrade(&state.inner);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            match weak.upgrade() {
+                Some(inner) => inner.limits.housekeeping(),
+                None => return,
+            }
+        }
+    });
+
     let app = crate::api::app(state.clone());
     let (tx, rx) = oneshot::channel::<()>();
     let timeout = Duration::from_secs(config.server.shutdown_timeout_secs);
