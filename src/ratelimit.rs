@@ -13,6 +13,9 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
+/// A principal's limiter and when it was last used.
+type Tracked = (Arc<Limiter>, Instant);
+
 /// What the headers say after a request was counted.
 #[derive(Debug, Clone, Copy)]
 pub struct RateStatus {
@@ -47,7 +50,7 @@ fn ceil_secs(d: Duration) -> u64 {
 pub struct RateLimits {
     default_per_minute: u32,
     /// Each principal's limiter and when it was last used (idle ones are pruned).
-    principals: Mutex<HashMap<(String, u32), (Arc<Limiter>, Instant)>>,
+    principals: Mutex<HashMap<(String, u32), Tracked>>,
     login_ip: DefaultKeyedRateLimiter<String>,
     login_user: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
