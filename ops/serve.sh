@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inferno/target}"
 ops/setup.sh models
-cargo build --bin inferno
+# --all-targets resolves features exactly as the test command does, so llama.cpp (15 minutes
+# on 2 cores) is compiled once for both quick-start commands, not once each.
+cargo build --all-targets
 # Requests may omit "model": the test model is the default unless one is configured.
 export INFERNO_MODELS__DEFAULT="${INFERNO_MODELS__DEFAULT:-gemma-3-270m-q4_k_m}"
 exec "$CARGO_TARGET_DIR/debug/inferno" serve --models-dir models "$@"
