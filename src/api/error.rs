@@ -246,3 +246,39 @@ pub fn error_response(err: poem::Error) -> Response {
     };
     api.as_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn internal_errors_quote_the_request_id_and_hide_the_cause() {
+        let err = REQUEST_ID
+            .scope("req-42".to_string(), async {
+                ApiError::internal("disk /var/secret exploded")
+            })
+            .await;
+        let body = err.body();
+        assert_eq!(body.error.code, "INTERNAL_ERROR");
+        assert!(body.error.message.contains("req-42"));
+        assert!(!body.error.message.contains("exploded"));
+        assert_eq!(body.error.details.unwrap()["request_id"], "req-42");
+    }
+
+    #[test]
+    fn every_status_has_a_documented_code() {
+        for (status, code) in [
+            (400, "VALIDATION_ERROR"),
+            (401, "AUTHENTICATION_FAILED"),
+            (403, "PERMISSION_DENIED"),
+            (404, "NOT_FOUND"),
+            (409, "CONFLICT"),
+            (413, "PAYLOAD_TOO_LARGE"),
+            (429, "RATE_LIMITED"),
+            (500, "INTERNAL_ERROR"),
+            (503, "SERVICE_UNAVAILABLE"),
+        ] {
+            assert_eq!(code_for(StatusCode::from_u16(status).unwrap()), code);
+        }
+    }
+}
