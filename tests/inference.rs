@@ -567,3 +567,68 @@ async fn delete_with_and_without_running_work() {
     assert_eq!(deleted.len(), 2);
     assert_eq!(deleted[1]["payload"]["forced"], true);
 }
+
+/// A TLS client that closes properly sends close_notify before its FIN; those bytes sit
+/// unread in the server's socket while the request runs, and the close must still be seen.
+#[tokio::test]
+async fn a_clean_tls_close_mid_request_cancels_it() {
+    use tokio::io::AsyncWriteExt;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let (ts, token) = server_with(&["cancel-tls"], move |c| {
+        c.server.tls = Some(inferno::config::TlsConfig {
+            cert,
+            key,
+            min_version: "1.2".into(),
+        });
+    })
+    .await;
+    let addr = ts.server.as_ref().unwrap().addr;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let body = json!({"model": "cancel-tls", "prompt": "Write a very long story about a dragon.", "max_tokens": 900}).to_string();
+    let request = format!(
+        "POST /api/v1/inference HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    let engine = ts.state().engine().clone();
+    for _ in 0..200 {
+        if engine.active_requests("cancel-tls") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        engine.active_requests("cancel-tls") > 0,
+        "the request is running"
+    );
+    // close_notify, then FIN.
+    tls.shutdown().await.unwrap();
+    let mut freed = false;
+    for _ in 0..100 {
+        if engine.active_requests("cancel-tls") == 0 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(freed, "the slot is freed after the TLS client closed");
+}

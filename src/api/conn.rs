@@ -2,8 +2,8 @@
 //!
 //! HTTP/1 servers only read a connection again after the response is written, so a client
 //! that disconnects mid-request goes unnoticed and its generation would run to the end.
-//! The acceptor keeps a second handle on each TCP socket; [`PeerWatch::closed`] peeks at it
-//! (without consuming bytes) and resolves when the peer has closed the connection.
+//! The acceptor keeps a second handle on each TCP socket; [`PeerWatch::closed`] watches its
+//! readiness (never reading a byte) and resolves when the peer has closed the connection.
 
 use std::collections::HashMap;
 use std::io;
@@ -17,7 +17,7 @@ use std::time::Duration;
 use poem::http::uri::Scheme;
 use poem::listener::Acceptor;
 use poem::web::{LocalAddr, RemoteAddr};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Open connections by peer address.
@@ -41,17 +41,19 @@ pub struct PeerWatch {
 }
 
 impl PeerWatch {
-    /// Resolves once the peer has closed its side (or the socket failed).
+    /// Resolves once the peer has closed its side (or the socket failed). Works under TLS
+    /// too: the peer's FIN is seen even when unread bytes (a TLS close_notify, a pipelined
+    /// request) wait in the socket buffer.
     pub async fn closed(&self) {
-        let mut byte = [0u8; 1];
         loop {
-            if self.probe.readable().await.is_err() {
-                return;
-            }
-            match self.probe.peek(&mut byte).await {
-                Ok(0) | Err(_) => return,
-                // Pipelined bytes wait for the server: look again later.
-                Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            match self.probe.ready(Interest::READABLE).await {
+                Ok(ready) if ready.is_read_closed() => return,
+                Ok(_) => {
+                    // Readable but open: bytes for the server. Look again later; the
+                    // readiness stays set until the bytes are read, so poll gently.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(_) => return,
             }
         }
     }
