@@ -21,6 +21,11 @@ async fn me(ts: &common::TestServer, auth: (&str, &str)) -> reqwest::Response {
         .unwrap()
 }
 
+/// The credential is refused: 401 in the error body.
+async fn assert_refused(ts: &common::TestServer, auth: (&str, &str)) {
+    expect_error(me(ts, auth).await, 401, "AUTHENTICATION_FAILED").await;
+}
+
 async fn events_of(ts: &common::TestServer, token: &str, event_type: &str) -> Vec<Value> {
     let r = ts
         .client
@@ -215,12 +220,7 @@ async fn rotation_replaces_the_secret() {
     assert_eq!(body["id"], id.as_str());
     assert_eq!(body["permissions"], json!(["read_models"]));
     assert_ne!(new, old);
-    expect_error(
-        me(&ts, ("x-api-key", &old)).await,
-        401,
-        "AUTHENTICATION_FAILED",
-    )
-    .await;
+    assert_refused(&ts, ("x-api-key", &old)).await;
     assert_eq!(me(&ts, ("x-api-key", new)).await.status(), 200);
     let rotated = events_of(&ts, &admin, "api_key.rotated").await;
     assert_eq!(rotated.len(), 1);
@@ -261,12 +261,7 @@ async fn expired_credentials_are_refused() {
         )
         .await
         .unwrap();
-    expect_error(
-        me(&ts, ("x-api-key", &material.token())).await,
-        401,
-        "AUTHENTICATION_FAILED",
-    )
-    .await;
+    assert_refused(&ts, ("x-api-key", &material.token())).await;
 
     // An expired JWT signed with the right secret.
     let now = chrono::Utc::now().timestamp();
@@ -277,12 +272,7 @@ async fn expired_credentials_are_refused() {
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap();
-    expect_error(
-        me(&ts, ("authorization", &format!("Bearer {token}"))).await,
-        401,
-        "AUTHENTICATION_FAILED",
-    )
-    .await;
+    assert_refused(&ts, ("authorization", &format!("Bearer {token}"))).await;
     // The same claims, unexpired, are accepted: the refusal above is the expiry.
     let fresh = json!({"sub": admin_id, "jti": "fresh-1", "iat": now, "exp": now + 3600});
     let token = jsonwebtoken::encode(
@@ -317,12 +307,7 @@ async fn forged_tokens_are_refused() {
         b64(&json!({"alg": "none", "typ": "JWT"})),
         b64(&claims)
     );
-    expect_error(
-        me(&ts, ("authorization", &format!("Bearer {none}"))).await,
-        401,
-        "AUTHENTICATION_FAILED",
-    )
-    .await;
+    assert_refused(&ts, ("authorization", &format!("Bearer {none}"))).await;
     // Another algorithm with the right secret.
     let hs512 = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
@@ -330,12 +315,7 @@ async fn forged_tokens_are_refused() {
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap();
-    expect_error(
-        me(&ts, ("authorization", &format!("Bearer {hs512}"))).await,
-        401,
-        "AUTHENTICATION_FAILED",
-    )
-    .await;
+    assert_refused(&ts, ("authorization", &format!("Bearer {hs512}"))).await;
     // A tampered payload under the original signature.
     let parts: Vec<&str> = admin.split('.').collect();
     let mut payload: Value = serde_json::from_slice(
@@ -346,12 +326,7 @@ async fn forged_tokens_are_refused() {
     .unwrap();
     payload["exp"] = json!(now + 999_999);
     let tampered = format!("{}.{}.{}", parts[0], b64(&payload), parts[2]);
-    expect_error(
-        me(&ts, ("authorization", &format!("Bearer {tampered}"))).await,
-        401,
-        "AUTHENTICATION_FAILED",
-    )
-    .await;
+    assert_refused(&ts, ("authorization", &format!("Bearer {tampered}"))).await;
     // Signed with another secret.
     let other = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -359,12 +334,7 @@ async fn forged_tokens_are_refused() {
         &jsonwebtoken::EncodingKey::from_secret(b"some-other-secret-0123456789abcdef"),
     )
     .unwrap();
-    expect_error(
-        me(&ts, ("authorization", &format!("Bearer {other}"))).await,
-        401,
-        "AUTHENTICATION_FAILED",
-    )
-    .await;
+    assert_refused(&ts, ("authorization", &format!("Bearer {other}"))).await;
     let failures = events_of(&ts, &admin, "auth.authentication_failed").await;
     assert_eq!(failures.len(), 4);
 }
@@ -386,18 +356,8 @@ async fn disabled_and_deleted_users_lose_access() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    expect_error(
-        me(&ts, ("authorization", &format!("Bearer {bob_token}"))).await,
-        401,
-        "AUTHENTICATION_FAILED",
-    )
-    .await;
-    expect_error(
-        me(&ts, ("x-api-key", &bob_key)).await,
-        401,
-        "AUTHENTICATION_FAILED",
-    )
-    .await;
+    assert_refused(&ts, ("authorization", &format!("Bearer {bob_token}"))).await;
+    assert_refused(&ts, ("x-api-key", &bob_key)).await;
     let r = ts
         .client
         .post(ts.at("/api/v1/auth/login"))
@@ -426,18 +386,8 @@ async fn disabled_and_deleted_users_lose_access() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    expect_error(
-        me(&ts, ("authorization", &format!("Bearer {bob_token}"))).await,
-        401,
-        "AUTHENTICATION_FAILED",
-    )
-    .await;
-    expect_error(
-        me(&ts, ("x-api-key", &bob_key)).await,
-        401,
-        "AUTHENTICATION_FAILED",
-    )
-    .await;
+    assert_refused(&ts, ("authorization", &format!("Bearer {bob_token}"))).await;
+    assert_refused(&ts, ("x-api-key", &bob_key)).await;
 }
 
 #[tokio::test]
@@ -604,19 +554,9 @@ async fn logout_revokes_the_token_across_restarts() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    expect_error(
-        me(&ts, ("authorization", &format!("Bearer {admin}"))).await,
-        401,
-        "AUTHENTICATION_FAILED",
-    )
-    .await;
+    assert_refused(&ts, ("authorization", &format!("Bearer {admin}"))).await;
     let ts = ts.restart().await;
-    expect_error(
-        me(&ts, ("authorization", &format!("Bearer {admin}"))).await,
-        401,
-        "AUTHENTICATION_FAILED",
-    )
-    .await;
+    assert_refused(&ts, ("authorization", &format!("Bearer {admin}"))).await;
     assert_eq!(
         me(&ts, ("authorization", &format!("Bearer {keep}")))
             .await

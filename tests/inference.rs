@@ -63,6 +63,17 @@ async fn server() -> (TestServer, String) {
     server_with(&[MODEL], |_| {}).await
 }
 
+/// Whether `model` has no request queued or running within 5 s.
+async fn idle_soon(ts: &TestServer, model: &str) -> bool {
+    for _ in 0..100 {
+        if ts.state().engine().active_requests(model) == 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 async fn infer(ts: &TestServer, token: &str, body: Value) -> reqwest::Response {
     ts.client
         .post(ts.at("/api/v1/inference"))
@@ -242,16 +253,10 @@ async fn a_disconnected_request_is_cancelled_and_frees_its_slot() {
         .json(&json!({"model": "cancel-me", "prompt": "Write a very long story about a dragon.", "max_tokens": 900}))
         .send().await;
     assert!(r.is_err(), "the client gave up before the end");
-    let engine = ts.state().engine().clone();
-    let mut freed = false;
-    for _ in 0..100 {
-        if engine.active_requests("cancel-me") == 0 {
-            freed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(freed, "the slot is freed after the disconnect");
+    assert!(
+        idle_soon(&ts, "cancel-me").await,
+        "the slot is freed after the disconnect"
+    );
     let out = infer_ok(
         &ts,
         &token,
@@ -622,13 +627,8 @@ async fn a_clean_tls_close_mid_request_cancels_it() {
     );
     // close_notify, then FIN.
     tls.shutdown().await.unwrap();
-    let mut freed = false;
-    for _ in 0..100 {
-        if engine.active_requests("cancel-tls") == 0 {
-            freed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(freed, "the slot is freed after the TLS client closed");
+    assert!(
+        idle_soon(&ts, "cancel-tls").await,
+        "the slot is freed after the TLS client closed"
+    );
 }
