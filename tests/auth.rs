@@ -26,21 +26,6 @@ async fn assert_refused(ts: &common::TestServer, auth: (&str, &str)) {
     expect_error(me(ts, auth).await, 401, "AUTHENTICATION_FAILED").await;
 }
 
-async fn events_of(ts: &common::TestServer, token: &str, event_type: &str) -> Vec<Value> {
-    let r = ts
-        .client
-        .get(ts.at(&format!(
-            "/api/v1/audit/events?type={event_type}&limit=1000"
-        )))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
-    body["events"].as_array().unwrap().clone()
-}
-
 #[tokio::test]
 async fn documented_login_and_jwt_use() {
     let ts = start().await;
@@ -97,7 +82,7 @@ async fn wrong_password_and_unknown_user_fail_alike() {
     .await;
     assert_eq!(a, b, "same body for both failures");
     let admin = ts.admin_token().await;
-    let failed = events_of(&ts, &admin, "auth.login_failed").await;
+    let failed = ts.events(&admin, "auth.login_failed").await;
     assert_eq!(failed.len(), 2);
     let reasons: Vec<&str> = failed
         .iter()
@@ -222,7 +207,7 @@ async fn rotation_replaces_the_secret() {
     assert_ne!(new, old);
     assert_refused(&ts, ("x-api-key", &old)).await;
     assert_eq!(me(&ts, ("x-api-key", new)).await.status(), 200);
-    let rotated = events_of(&ts, &admin, "api_key.rotated").await;
+    let rotated = ts.events(&admin, "api_key.rotated").await;
     assert_eq!(rotated.len(), 1);
     assert!(
         !rotated[0].to_string().contains(&new[16..]),
@@ -335,7 +320,7 @@ async fn forged_tokens_are_refused() {
     )
     .unwrap();
     assert_refused(&ts, ("authorization", &format!("Bearer {other}"))).await;
-    let failures = events_of(&ts, &admin, "auth.authentication_failed").await;
+    let failures = ts.events(&admin, "auth.authentication_failed").await;
     assert_eq!(failures.len(), 4);
 }
 
@@ -664,15 +649,12 @@ async fn users_api_and_own_password() {
     ts.login("dave", "dave-new-password-99").await;
 
     // Events name what happened and never the email or passwords.
-    let created = events_of(&ts, &admin, "user.created").await;
+    let created = ts.events(&admin, "user.created").await;
     let text = serde_json::to_string(&created).unwrap();
     assert!(!text.contains("dave@example.com") && !text.contains("dave-password-1234"));
     assert_eq!(created.len(), 2, "admin and dave");
-    assert_eq!(
-        events_of(&ts, &admin, "user.password_changed").await.len(),
-        1
-    );
-    let denied_before = events_of(&ts, &admin, "auth.permission_denied").await.len();
+    assert_eq!(ts.events(&admin, "user.password_changed").await.len(), 1);
+    let denied_before = ts.events(&admin, "auth.permission_denied").await.len();
     let r = ts
         .client
         .get(ts.at("/api/v1/users"))
@@ -682,7 +664,7 @@ async fn users_api_and_own_password() {
         .unwrap();
     let body = expect_error(r, 403, "PERMISSION_DENIED").await;
     assert_eq!(body["error"]["details"]["required"], "manage_users");
-    let denied = events_of(&ts, &admin, "auth.permission_denied").await;
+    let denied = ts.events(&admin, "auth.permission_denied").await;
     assert_eq!(denied.len(), denied_before + 1);
     let last = denied.last().unwrap();
     assert_eq!(last["payload"]["permission"], "manage_users");

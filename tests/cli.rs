@@ -165,16 +165,7 @@ async fn sigterm_finishes_the_request_in_flight() {
     )
     .await;
     let c = reqwest::Client::new();
-    let token: Value = c
-        .post(server.at("/api/v1/auth/login"))
-        .json(&json!({"username": "admin", "password": common::ADMIN_PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["token"].as_str().unwrap().to_string();
+    let token = server.admin_token(&c).await;
     let (c2, url, t2) = (c.clone(), server.at("/api/v1/inference"), token.clone());
     let in_flight = tokio::spawn(async move {
         c2.post(url).bearer_auth(t2)
@@ -205,16 +196,7 @@ async fn replay_rebuilds_projections_and_tampering_stops_the_server() {
     let d = data.to_str().unwrap().to_string();
     let server = common::spawn_server(&data, &[]).await;
     let c = reqwest::Client::new();
-    let token: Value = c
-        .post(server.at("/api/v1/auth/login"))
-        .json(&json!({"username": "admin", "password": common::ADMIN_PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["token"].as_str().unwrap().to_string();
+    let token = server.admin_token(&c).await;
     let key: Value = c
         .post(server.at("/api/v1/auth/api-keys"))
         .bearer_auth(&token)

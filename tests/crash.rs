@@ -16,16 +16,7 @@ async fn kill9_during_appends_loses_nothing_acknowledged() {
     let env = [("INFERNO_LIMITS__REQUESTS_PER_MINUTE", "1000000")];
     let server = common::spawn_server(&data, &env).await;
     let client = reqwest::Client::new();
-    let r = client
-        .post(server.at("/api/v1/auth/login"))
-        .json(&json!({"username": "admin", "password": common::ADMIN_PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    let token = r.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = server.admin_token(&client).await;
 
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let deadline = Instant::now() + Duration::from_millis(1500);
@@ -116,17 +107,7 @@ async fn kill9_during_appends_loses_nothing_acknowledged() {
 
     // And the server starts again and serves them.
     let server = common::spawn_server(&data, &env).await;
-    let r = client
-        .post(server.at("/api/v1/auth/login"))
-        .json(&json!({"username": "admin", "password": common::ADMIN_PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let token = r.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = server.admin_token(&client).await;
     let keys: Value = client
         .get(server.at("/api/v1/auth/api-keys"))
         .bearer_auth(&token)

@@ -128,21 +128,8 @@ async fn full_disk_is_503_and_recovers() {
         listed == created || listed == created + 1,
         "{listed} keys, {created} acknowledged"
     );
-    let logged: Value = ts
-        .client
-        .get(ts.at("/api/v1/audit/events?type=api_key.created&limit=1000"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        logged["events"].as_array().unwrap().len(),
-        listed,
-        "projection == log"
-    );
+    let logged = ts.events(&token, "api_key.created").await;
+    assert_eq!(logged.len(), listed, "projection == log");
     let v: Value = ts
         .client
         .get(ts.at("/api/v1/audit/verify"))

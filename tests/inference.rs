@@ -110,17 +110,9 @@ async fn greedy_output_stop_strings_and_max_tokens() {
         assert!(out["timings"][k].as_f64().unwrap() >= 0.0, "{k}");
     }
     // Events: queued and completed, prompt and output as hash + length only.
-    let events: Value = ts
-        .client
-        .get(ts.at("/api/v1/audit/events?type=inference.queued,inference.completed"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let events = events["events"].as_array().unwrap();
+    let events = ts
+        .events(&token, "inference.queued,inference.completed")
+        .await;
     assert_eq!(events.len(), 2);
     assert_eq!(events[0]["payload"]["job_id"], out["id"]);
     assert_eq!(events[0]["payload"]["prompt"]["length"], 24);
@@ -154,18 +146,9 @@ async fn record_content_keeps_the_text() {
         json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4}),
     )
     .await;
-    let events: Value = ts
-        .client
-        .get(ts.at("/api/v1/audit/events?type=inference.queued"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events = ts.events(&token, "inference.queued").await;
     assert_eq!(
-        events["events"][0]["payload"]["prompt"]["text"],
+        events[0]["payload"]["prompt"]["text"],
         "The capital of France is"
     );
 }
@@ -266,19 +249,9 @@ async fn a_disconnected_request_is_cancelled_and_frees_its_slot() {
     assert_eq!(out["usage"]["completion_tokens"], 4);
     let mut found = false;
     for _ in 0..50 {
-        let ev: Value = ts
-            .client
-            .get(ts.at("/api/v1/audit/events?type=inference.cancelled"))
-            .bearer_auth(&token)
-            .send()
+        if ts
+            .events(&token, "inference.cancelled")
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ev["events"]
-            .as_array()
-            .unwrap()
             .iter()
             .any(|e| e["payload"]["reason"] == "client disconnected")
         {
@@ -389,17 +362,7 @@ async fn default_model_aliases_and_default_params() {
         .await
         .unwrap();
     expect_error(r, 400, "VALIDATION_ERROR").await;
-    let updated: Value = ts
-        .client
-        .get(ts.at("/api/v1/audit/events?type=model.updated"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(updated["events"].as_array().unwrap().len(), 1);
+    assert_eq!(ts.events(&token, "model.updated").await.len(), 1);
 }
 
 fn files_in(dir: &std::path::Path) -> Vec<String> {
@@ -454,17 +417,7 @@ async fn uploads_good_bad_and_oversized() {
         .await
         .unwrap();
     expect_error(r, 400, "VALIDATION_ERROR").await;
-    let registered: Value = ts
-        .client
-        .get(ts.at("/api/v1/audit/events?type=model.registered"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(registered["events"].as_array().unwrap().len(), 2);
+    assert_eq!(ts.events(&token, "model.registered").await.len(), 2);
 
     // Oversized, with and without Content-Length: 413 and nothing left.
     let (small, token2) = server_with(&[MODEL], |c| c.models.max_upload_bytes = 1 << 20).await;
@@ -558,17 +511,7 @@ async fn delete_with_and_without_running_work() {
     assert_eq!(r.status(), 204);
     let out = running.await.unwrap();
     assert_eq!(out["finish_reason"], "cancelled", "{out}");
-    let deleted: Value = ts
-        .client
-        .get(ts.at("/api/v1/audit/events?type=model.deleted"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let deleted = deleted["events"].as_array().unwrap();
+    let deleted = ts.events(&token, "model.deleted").await;
     assert_eq!(deleted.len(), 2);
     assert_eq!(deleted[1]["payload"]["forced"], true);
 }

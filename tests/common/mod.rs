@@ -130,6 +130,20 @@ impl TestServer {
         body["token"].as_str().expect("token").to_string()
     }
 
+    /// The events of these types (comma-separated), oldest first, through the audit API.
+    pub async fn events(&self, token: &str, types: &str) -> Vec<Value> {
+        let r = self
+            .client
+            .get(self.at(&format!("/api/v1/audit/events?type={types}&limit=1000")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("audit request");
+        assert_eq!(r.status(), 200, "audit query for {types}");
+        let body: Value = r.json().await.expect("audit body");
+        body["events"].as_array().expect("events").clone()
+    }
+
     pub async fn admin_token(&self) -> String {
         self.login("admin", ADMIN_PASSWORD).await
     }
@@ -274,6 +288,19 @@ pub async fn spawn_server(data_dir: &std::path::Path, env: &[(&str, &str)]) -> S
 impl Spawned {
     pub fn at(&self, path: &str) -> String {
         format!("{}{}", self.url, path)
+    }
+
+    /// Logs in as the bootstrap admin; returns the JWT.
+    pub async fn admin_token(&self, client: &reqwest::Client) -> String {
+        let r = client
+            .post(self.at("/api/v1/auth/login"))
+            .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+            .send()
+            .await
+            .expect("login request");
+        assert_eq!(r.status(), 200, "admin login");
+        let body: Value = r.json().await.expect("login body");
+        body["token"].as_str().expect("token").to_string()
     }
 
     /// SIGTERM and wait (graceful).
