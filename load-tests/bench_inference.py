@@ -194,6 +194,24 @@ class LlamaCppClient:
         }
 
 
+# Each server's llama.cpp build as it reports itself (CPU features its kernels use), read
+# from its log: `inferno serve` logs "system_info=..." when the backend starts, llama.cpp's
+# server logs "system_info: ...".
+SYSTEM_INFO = {}
+
+
+def note_system_info(key, log_path):
+    try:
+        with open(log_path, errors="replace") as f:
+            for line in f:
+                if "system_info" in line:
+                    info = line.split("system_info", 1)[1].lstrip("=: ").strip()
+                    SYSTEM_INFO[key] = info
+                    return
+    except OSError:
+        pass
+
+
 def run_batch(client, prompts, max_tokens):
     """All prompts at once, one thread each; returns (records, wall seconds)."""
     results = [None] * len(prompts)
@@ -350,6 +368,7 @@ def run_inferno_http(args, workdir):
     finally:
         stop_process(proc, "inferno")
         logf.close()
+        note_system_info("inferno", os.path.join(workdir, "inferno.log"))
 
 
 def run_llamacpp(args, workdir):
@@ -379,6 +398,7 @@ def run_llamacpp(args, workdir):
     finally:
         stop_process(proc, "llama.cpp server")
         logf.close()
+        note_system_info("llama.cpp", os.path.join(workdir, "llamacpp.log"))
 
 
 def serve_llamacpp(argv):
@@ -470,6 +490,10 @@ def print_report(subjects, args):
         same = sum(1 for a, b in zip(th, tl) if a == b)
         print(f"  identical greedy output, Inferno vs llama.cpp (single phase): {same}/{len(th)}")
 
+    print("\nllama.cpp builds (CPU features of their kernels, as each server logs them):")
+    for key in ("inferno", "llama.cpp"):
+        print(f"  {key:<10} {SYSTEM_INFO.get(key, '-')}")
+
     print("\ntargets:")
     for phase, t in targets.items():
         for num, den, label in (("http", "llama", "Inferno-HTTP/llama.cpp"), ("inproc", "llama", "in-process/llama.cpp")):
@@ -549,7 +573,7 @@ def main():
         print_report(subjects, args)
         if args.json_out:
             with open(args.json_out, "w") as f:
-                json.dump({"args": vars(args), "prompts": PROMPTS, "best": subjects, "passes": passes}, f, indent=1)
+                json.dump({"args": vars(args), "prompts": PROMPTS, "system_info": SYSTEM_INFO, "best": subjects, "passes": passes}, f, indent=1)
         if args.keep_logs:
             os.makedirs(args.keep_logs, exist_ok=True)
             for name in ("engine_bench.log", "inferno.log", "llamacpp.log"):

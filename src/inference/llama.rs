@@ -14,8 +14,8 @@
 //!    finished sequences (their KV cells are cleared and the slot is free for the next step).
 //!
 //! Callers only touch channels and atomics (see `models.rs`): nothing here runs on, or
-//! blocks, a tokio runtime thread. This file holds no `unsafe` block itself; llama-cpp-2
-//! wraps the FFI.
+//! blocks, a tokio runtime thread. llama-cpp-2 wraps the FFI; the one `unsafe` block here
+//! reads llama.cpp's system-info string.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -53,10 +53,30 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
     BACKEND
         .get_or_init(|| {
             send_logs_to_tracing(LogOptions::default());
-            LlamaBackend::init().map_err(|e| e.to_string())
+            let backend = LlamaBackend::init().map_err(|e| e.to_string())?;
+            tracing::info!(system_info = %system_info(), "llama.cpp backend ready");
+            Ok(backend)
         })
         .as_ref()
         .map_err(|e| EngineError::Load(format!("llama.cpp backend: {e}")))
+}
+
+/// llama.cpp's one-line summary of the CPU features its kernels use (AVX2, AVX512, ...),
+/// so an operator can see which build is serving.
+#[allow(unsafe_code)]
+fn system_info() -> String {
+    // SAFETY: `llama_print_system_info` takes no arguments and returns a pointer to a
+    // NUL-terminated static buffer (or null), which is copied out at once.
+    unsafe {
+        let info = llama_cpp_sys_2::llama_print_system_info();
+        if info.is_null() {
+            return String::new();
+        }
+        std::ffi::CStr::from_ptr(info)
+            .to_string_lossy()
+            .trim()
+            .to_owned()
+    }
 }
 
 /// Starts the OS thread that loads the model and serves its requests until shutdown.
