@@ -409,6 +409,21 @@ async fn uploads_good_bad_and_oversized() {
         files_in(&models_dir),
         [format!("{MODEL}.gguf"), "uploaded.gguf".to_string()]
     );
+    // The digest computed during the upload is cached under the model's final path (so the
+    // next start-up does not read the file again), and the temporary file left no entry.
+    let cache: Value =
+        serde_json::from_slice(&std::fs::read(ts.data_dir().join("model-hashes.json")).unwrap())
+            .unwrap();
+    let placed = std::fs::canonicalize(models_dir.join("uploaded.gguf")).unwrap();
+    assert_eq!(
+        cache[placed.to_string_lossy().as_ref()]["sha256"],
+        m["sha256"]
+    );
+    let keys: Vec<&String> = cache.as_object().unwrap().keys().collect();
+    assert!(
+        keys.iter().all(|k| !k.contains(".upload-")),
+        "temporary upload path left in the hash cache: {keys:?}"
+    );
     let r = upload("uploaded", reqwest::Body::from(b"GGUF".to_vec()))
         .await
         .unwrap();

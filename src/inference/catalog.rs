@@ -8,10 +8,12 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::{
-    inspect_file, is_gguf, scan_dir, Engine, EngineError, ModelFile, ModelSpec, SamplingParams,
+    inspect_file, is_gguf, remember_digest, scan_dir, Engine, EngineError, ModelFile, ModelSpec,
+    SamplingParams,
 };
 use crate::auth::{perm, Granted};
 use crate::events::projections::models::{self, ModelRecord};
@@ -222,16 +224,22 @@ impl Catalog {
         let temp = self
             .dir
             .join(format!(".upload-{}.partial", uuid::Uuid::new_v4().simple()));
-        let result = self.receive(&temp, body).await;
-        if let Err(e) = result {
-            let _ = tokio::fs::remove_file(&temp).await;
-            return Err(e);
-        }
+        let sha256 = match self.receive(&temp, body).await {
+            Ok(digest) => digest,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&temp).await;
+                return Err(e);
+            }
+        };
+        // The digest was computed while the bytes arrived: inspecting reads only the header.
         let cache = self.hash_cache.clone();
         let temp2 = temp.clone();
-        let inspected = tokio::task::spawn_blocking(move || inspect_file(&temp2, &cache))
-            .await
-            .map_err(|e| CatalogError::Io(e.to_string()));
+        let inspected = tokio::task::spawn_blocking(move || {
+            remember_digest(&cache, &temp2, &sha256, None)?;
+            inspect_file(&temp2, &cache)
+        })
+        .await
+        .map_err(|e| CatalogError::Io(e.to_string()));
         let mut file = match inspected {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
@@ -254,6 +262,20 @@ impl Catalog {
         }
         file.id = name.to_string();
         file.path = target.clone();
+        // Keep the digest under the final path, so the next start-up does not hash it again.
+        let (cache, placed, temp2, digest) = (
+            self.hash_cache.clone(),
+            target.clone(),
+            temp.clone(),
+            file.sha256.clone(),
+        );
+        let remembered = tokio::task::spawn_blocking(move || {
+            remember_digest(&cache, &placed, &digest, Some(&temp2))
+        })
+        .await;
+        if !matches!(remembered, Ok(Ok(()))) {
+            tracing::warn!(model = %name, "could not cache the uploaded model's digest");
+        }
         if let Err(e) = self.store.append(ctx, vec![registered(&file)]).await {
             let _ = tokio::fs::remove_file(&target).await;
             return Err(e.into());
@@ -265,7 +287,8 @@ impl Catalog {
         self.resolve(name)
     }
 
-    async fn receive<S>(&self, temp: &Path, mut body: S) -> Result<(), CatalogError>
+    /// Writes the body to `temp` and returns its sha256, computed on the way.
+    async fn receive<S>(&self, temp: &Path, mut body: S) -> Result<String, CatalogError>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     {
@@ -274,6 +297,7 @@ impl Catalog {
             .map_err(|e| CatalogError::Io(format!("creating upload file: {e}")))?;
         let mut total: u64 = 0;
         let mut head: Vec<u8> = Vec::with_capacity(4);
+        let mut hasher = Sha256::new();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| CatalogError::Io(format!("reading upload: {e}")))?;
             total += chunk.len() as u64;
@@ -287,6 +311,7 @@ impl Catalog {
                     return Err(invalid("body", "not a GGUF file (bad magic bytes)"));
                 }
             }
+            hasher.update(&chunk);
             out.write_all(&chunk)
                 .await
                 .map_err(|e| CatalogError::Io(format!("writing upload: {e}")))?;
@@ -297,7 +322,7 @@ impl Catalog {
         out.sync_all()
             .await
             .map_err(|e| CatalogError::Io(format!("syncing upload: {e}")))?;
-        Ok(())
+        Ok(hex::encode(hasher.finalize()))
     }
 
     pub async fn update(

@@ -65,6 +65,29 @@ pub fn inspect_file(path: &Path, hash_cache: &Path) -> Result<ModelFile, EngineE
     Ok(model)
 }
 
+/// Records `sha256` as the digest of `path` as the file is now (size and mtime), so neither
+/// [`inspect_file`] nor the next start-up reads it again to hash it; drops the entry of
+/// `renamed_from`, a path the file no longer has. For digests computed while the file was
+/// written (uploads).
+pub fn remember_digest(
+    hash_cache: &Path,
+    path: &Path,
+    sha256: &str,
+    renamed_from: Option<&Path>,
+) -> Result<(), EngineError> {
+    let meta = fs::metadata(path).map_err(|e| io_error(&format!("stat {}", path.display()), e))?;
+    let modified = meta
+        .modified()
+        .map_err(|e| io_error(&format!("mtime of {}", path.display()), e))?;
+    let mut cache = HashCache::load(hash_cache);
+    if let Some(old) = renamed_from {
+        cache.forget(old);
+    }
+    cache.insert(path, meta.len(), modified, sha256.to_string());
+    cache.save(hash_cache);
+    Ok(())
+}
+
 fn inspect(path: &Path, cache: &mut HashCache) -> Result<ModelFile, EngineError> {
     let meta = fs::metadata(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => EngineError::ModelNotFound(path.display().to_string()),
@@ -108,6 +131,12 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+fn mtime_ns(modified: SystemTime) -> u128 {
+    modified
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct CachedDigest {
     size: u64,
@@ -136,36 +165,48 @@ impl HashCache {
         }
     }
 
+    fn key(path: &Path) -> String {
+        fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .to_string_lossy()
+            .into_owned()
+    }
+
     fn digest(
         &mut self,
         path: &Path,
         size: u64,
         modified: SystemTime,
     ) -> Result<String, EngineError> {
-        let key = fs::canonicalize(path)
-            .unwrap_or_else(|_| path.to_path_buf())
-            .to_string_lossy()
-            .into_owned();
-        let mtime_ns = modified
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        if let Some(hit) = self.entries.get(&key) {
-            if hit.size == size && hit.mtime_ns == mtime_ns {
+        if let Some(hit) = self.entries.get(&Self::key(path)) {
+            if hit.size == size && hit.mtime_ns == mtime_ns(modified) {
                 return Ok(hit.sha256.clone());
             }
         }
         let sha256 =
             sha256_file(path).map_err(|e| io_error(&format!("hash {}", path.display()), e))?;
-        self.entries.insert(
-            key,
-            CachedDigest {
-                size,
-                mtime_ns,
-                sha256: sha256.clone(),
-            },
-        );
-        self.dirty = true;
+        self.insert(path, size, modified, sha256.clone());
         Ok(sha256)
+    }
+
+    fn insert(&mut self, path: &Path, size: u64, modified: SystemTime, sha256: String) {
+        let entry = CachedDigest {
+            size,
+            mtime_ns: mtime_ns(modified),
+            sha256,
+        };
+        self.entries.insert(Self::key(path), entry);
+        self.dirty = true;
+    }
+
+    /// Drops `path`'s entry; a path that no longer exists is matched as given.
+    fn forget(&mut self, path: &Path) {
+        let by_key = self.entries.remove(&Self::key(path)).is_some();
+        let as_given = self
+            .entries
+            .remove(path.to_string_lossy().as_ref())
+            .is_some();
+        self.dirty |= by_key || as_given;
     }
 
     /// Best effort, atomic (write then rename): a lost cache only costs re-hashing.
