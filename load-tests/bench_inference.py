@@ -423,6 +423,7 @@ def serve_llamacpp(argv):
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     server = xlc.Server(params)
     print(f"xllamacpp {xlc.__version__} listening on {server.listening_address}", flush=True)
+    print(f"system_info: {xlc.get_system_info()}", flush=True)
     while True:
         time.sleep(3600)
 

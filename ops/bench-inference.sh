@@ -8,7 +8,10 @@
 # usage: ops/bench-inference.sh [extra args for load-tests/bench_inference.py]
 #   e.g. ops/bench-inference.sh --max-tokens 64 --rounds 2 --json-out /tmp/bench.json
 # env:   BENCH_THREADS (2), BENCH_PARALLEL (8), BENCH_CTX_PER_SLOT (1024), BENCH_MAX_TOKENS (128),
-#        BENCH_VENV ($HOME/.cache/inferno/bench-venv), CARGO_TARGET_DIR ($HOME/.cache/inferno/target)
+#        BENCH_XLLAMACPP (wheel: the prebuilt PyPI wheel, AVX2; source: built from the PyPI
+#        sdist for this CPU, as Inferno is, about 8 minutes once),
+#        BENCH_VENV ($HOME/.cache/inferno/bench-venv, or bench-venv-source),
+#        CARGO_TARGET_DIR ($HOME/.cache/inferno/target)
 #
 # Idempotent: builds (dev profile) `inferno` and the `engine_bench` example, fetches the test
 # model, creates the venv and installs xllamacpp only when missing. Every process it starts
@@ -17,16 +20,29 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inferno/target}"
-VENV="${BENCH_VENV:-$HOME/.cache/inferno/bench-venv}"
+XLLAMACPP="${BENCH_XLLAMACPP:-wheel}"
+XLLAMACPP_VERSION="2026.10.11549"
+case "$XLLAMACPP" in
+    wheel) VENV="${BENCH_VENV:-$HOME/.cache/inferno/bench-venv}" ;;
+    source) VENV="${BENCH_VENV:-$HOME/.cache/inferno/bench-venv-source}" ;;
+    *) echo "bench-inference: BENCH_XLLAMACPP must be wheel or source" >&2; exit 2 ;;
+esac
 MODEL="models/gemma-3-270m-q4_k_m.gguf"
 
 ops/fetch-model.sh models
 cargo build --bin inferno --example engine_bench
 
 if ! "$VENV/bin/python" -c 'import xllamacpp' 2>/dev/null; then
-    echo "bench-inference: installing xllamacpp into $VENV"
+    echo "bench-inference: installing xllamacpp ($XLLAMACPP) into $VENV"
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --upgrade xllamacpp
+    if [[ "$XLLAMACPP" == source ]]; then
+        # llama.cpp's default build (GGML_NATIVE); without the parts it would fetch from
+        # GitHub (BoringSSL for HTTPS, llguidance), which the benchmark does not use
+        CMAKE_ARGS="-DLLAMA_BUILD_BORINGSSL=OFF -DLLAMA_LLGUIDANCE=OFF" NPROC="$(nproc)" \
+            "$VENV/bin/pip" install --quiet --no-binary xllamacpp "xllamacpp==$XLLAMACPP_VERSION"
+    else
+        "$VENV/bin/pip" install --quiet "xllamacpp==$XLLAMACPP_VERSION"
+    fi
 fi
 echo "bench-inference: xllamacpp $("$VENV/bin/python" -c 'import xllamacpp; print(xllamacpp.__version__)')"
 
