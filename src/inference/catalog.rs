@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::{
-    inspect_file, is_gguf, remember_digest, scan_dir, Engine, EngineError, ModelFile, ModelSpec,
-    SamplingParams,
+    inspect_with_digest, is_gguf, remember_digest, scan_dir, Engine, EngineError, ModelFile,
+    ModelSpec, SamplingParams,
 };
 use crate::auth::{perm, Granted};
 use crate::events::projections::models::{self, ModelRecord};
@@ -232,14 +232,10 @@ impl Catalog {
             }
         };
         // The digest was computed while the bytes arrived: inspecting reads only the header.
-        let cache = self.hash_cache.clone();
         let temp2 = temp.clone();
-        let inspected = tokio::task::spawn_blocking(move || {
-            remember_digest(&cache, &temp2, &sha256, None)?;
-            inspect_file(&temp2, &cache)
-        })
-        .await
-        .map_err(|e| CatalogError::Io(e.to_string()));
+        let inspected = tokio::task::spawn_blocking(move || inspect_with_digest(&temp2, sha256))
+            .await
+            .map_err(|e| CatalogError::Io(e.to_string()));
         let mut file = match inspected {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
@@ -263,16 +259,10 @@ impl Catalog {
         file.id = name.to_string();
         file.path = target.clone();
         // Keep the digest under the final path, so the next start-up does not hash it again.
-        let (cache, placed, temp2, digest) = (
-            self.hash_cache.clone(),
-            target.clone(),
-            temp.clone(),
-            file.sha256.clone(),
-        );
-        let remembered = tokio::task::spawn_blocking(move || {
-            remember_digest(&cache, &placed, &digest, Some(&temp2))
-        })
-        .await;
+        let (cache, placed, digest) =
+            (self.hash_cache.clone(), target.clone(), file.sha256.clone());
+        let remembered =
+            tokio::task::spawn_blocking(move || remember_digest(&cache, &placed, &digest)).await;
         if !matches!(remembered, Ok(Ok(()))) {
             tracing::warn!(model = %name, "could not cache the uploaded model's digest");
         }

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 
 pub use gguf::{is_gguf, read_metadata, GgufMetadata};
 pub use models::LlamaEngine;
-pub use registry::{inspect_file, remember_digest, scan_dir, ModelFile};
+pub use registry::{inspect_with_digest, remember_digest, scan_dir, ModelFile};
 
 /// Everything that can go wrong in the inference layer. Each variant says how the API layer
 /// is expected to report it to a client.

@@ -57,47 +57,34 @@ pub fn scan_dir(dir: &Path, hash_cache: &Path) -> Result<Vec<ModelFile>, EngineE
     Ok(models)
 }
 
-/// Describes one model file (which need not be in the models directory).
-pub fn inspect_file(path: &Path, hash_cache: &Path) -> Result<ModelFile, EngineError> {
-    let mut cache = HashCache::load(hash_cache);
-    let model = inspect(path, &mut cache)?;
-    cache.save(hash_cache);
-    Ok(model)
+/// Describes a file whose sha256 is already known (computed while it was written, as for
+/// uploads): reads only its header, neither hashing it nor touching the digest cache.
+pub fn inspect_with_digest(path: &Path, sha256: String) -> Result<ModelFile, EngineError> {
+    describe(path, |_, _| Ok(sha256))
 }
 
-/// Records `sha256` as the digest of `path` as the file is now (size and mtime), so neither
-/// [`inspect_file`] nor the next start-up reads it again to hash it; drops the entry of
-/// `renamed_from`, a path the file no longer has. For digests computed while the file was
-/// written (uploads).
-pub fn remember_digest(
-    hash_cache: &Path,
-    path: &Path,
-    sha256: &str,
-    renamed_from: Option<&Path>,
-) -> Result<(), EngineError> {
-    let meta = fs::metadata(path).map_err(|e| io_error(&format!("stat {}", path.display()), e))?;
-    let modified = meta
-        .modified()
-        .map_err(|e| io_error(&format!("mtime of {}", path.display()), e))?;
+/// Records `sha256` as the digest of `path` as the file is now (size and mtime), so the next
+/// start-up does not read it again to hash it.
+pub fn remember_digest(hash_cache: &Path, path: &Path, sha256: &str) -> Result<(), EngineError> {
+    let (size, modified) = size_and_mtime(path)?;
     let mut cache = HashCache::load(hash_cache);
-    if let Some(old) = renamed_from {
-        cache.forget(old);
-    }
-    cache.insert(path, meta.len(), modified, sha256.to_string());
+    cache.insert(path, size, modified, sha256.to_string());
     cache.save(hash_cache);
     Ok(())
 }
 
 fn inspect(path: &Path, cache: &mut HashCache) -> Result<ModelFile, EngineError> {
-    let meta = fs::metadata(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => EngineError::ModelNotFound(path.display().to_string()),
-        _ => io_error(&format!("stat {}", path.display()), e),
-    })?;
-    let modified = meta
-        .modified()
-        .map_err(|e| io_error(&format!("mtime of {}", path.display()), e))?;
+    describe(path, |size, modified| cache.digest(path, size, modified))
+}
+
+/// The file's description, with its digest from `digest(size, mtime)`.
+fn describe(
+    path: &Path,
+    digest: impl FnOnce(u64, SystemTime) -> Result<String, EngineError>,
+) -> Result<ModelFile, EngineError> {
+    let (size_bytes, modified) = size_and_mtime(path)?;
     let metadata = read_metadata(path)?;
-    let sha256 = cache.digest(path, meta.len(), modified)?;
+    let sha256 = digest(size_bytes, modified)?;
     let id = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -105,11 +92,22 @@ fn inspect(path: &Path, cache: &mut HashCache) -> Result<ModelFile, EngineError>
     Ok(ModelFile {
         id,
         path: path.to_path_buf(),
-        size_bytes: meta.len(),
+        size_bytes,
         modified,
         metadata,
         sha256,
     })
+}
+
+fn size_and_mtime(path: &Path) -> Result<(u64, SystemTime), EngineError> {
+    let meta = fs::metadata(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => EngineError::ModelNotFound(path.display().to_string()),
+        _ => io_error(&format!("stat {}", path.display()), e),
+    })?;
+    let modified = meta
+        .modified()
+        .map_err(|e| io_error(&format!("mtime of {}", path.display()), e))?;
+    Ok((meta.len(), modified))
 }
 
 fn io_error(what: &str, e: io::Error) -> EngineError {
@@ -199,16 +197,6 @@ impl HashCache {
         self.dirty = true;
     }
 
-    /// Drops `path`'s entry; a path that no longer exists is matched as given.
-    fn forget(&mut self, path: &Path) {
-        let by_key = self.entries.remove(&Self::key(path)).is_some();
-        let as_given = self
-            .entries
-            .remove(path.to_string_lossy().as_ref())
-            .is_some();
-        self.dirty |= by_key || as_given;
-    }
-
     /// Best effort, atomic (write then rename): a lost cache only costs re-hashing.
     fn save(&self, path: &Path) {
         if !self.dirty {
@@ -261,10 +249,11 @@ mod tests {
             e.sha256 = "cached".into();
         }
         fs::write(&cache, serde_json::to_vec(&entries).unwrap()).unwrap();
-        assert_eq!(inspect_file(&path, &cache).unwrap().sha256, "cached");
+        let mut loaded = HashCache::load(&cache);
+        assert_eq!(inspect(&path, &mut loaded).unwrap().sha256, "cached");
 
         assert!(matches!(
-            inspect_file(&dir.path().join("missing.gguf"), &cache),
+            inspect(&dir.path().join("missing.gguf"), &mut loaded),
             Err(EngineError::ModelNotFound(_))
         ));
     }
