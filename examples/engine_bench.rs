@@ -1,14 +1,20 @@
 //! In-process engine benchmark: single-request decode speed, aggregate throughput at 4 and 8
 //! concurrent requests, and time to first token.
 //!
-//! usage: cargo run --example engine_bench -- [MODEL] [THREADS] [PARALLEL] [MAX_TOKENS] [PROMPTS_FILE] [ROUNDS]
-//! defaults: models/gemma-3-270m-q4_k_m.gguf, all cores, 8, 64, the built-in prompts, 1
+//! usage: cargo run --example engine_bench -- [MODEL] [THREADS] [PARALLEL] [MAX_TOKENS] [PROMPTS_FILE] [ROUNDS] [MODE]
+//! defaults: models/gemma-3-270m-q4_k_m.gguf, all cores, 8, 64, the built-in prompts, 1, all
 //!
 //! PROMPTS_FILE holds one prompt per non-empty line (`-` = the built-in prompts). With
 //! ROUNDS above 1 the single-request figure is ROUNDS sequential requests (prompts 1..ROUNDS)
 //! and each concurrency level runs ROUNDS batches; tokens/s is total completion tokens over
 //! total wall time. The last line, `BENCH_JSON {...}`, repeats every figure for scripts
 //! (`ops/bench-inference.sh`).
+//!
+//! MODE `stdin` keeps the model loaded and runs one phase per line read from standard input
+//! (`single`, `concurrent4`, `concurrent8`, any `concurrentN`), answering each with a line
+//! `PHASE_JSON {...}`; it prints `READY` once the model is loaded and warm, and exits at the
+//! end of input. `load-tests/bench_inference.py` uses it to interleave the in-process engine
+//! with the HTTP servers phase by phase.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -146,6 +152,61 @@ async fn concurrent(
     phase
 }
 
+async fn single(
+    engine: &LlamaEngine,
+    spec: &ModelSpec,
+    prompts: &[String],
+    max_tokens: u32,
+    rounds: usize,
+) -> Phase {
+    let mut phase = Phase {
+        name: "single".into(),
+        concurrency: 1,
+        runs: Vec::new(),
+        secs: 0.0,
+    };
+    for prompt in prompts.iter().cycle().take(rounds) {
+        let start = Instant::now();
+        let run = one(engine, spec, prompt, max_tokens).await;
+        phase.secs += start.elapsed().as_secs_f64();
+        phase.runs.push(run);
+    }
+    println!(
+        "single: {} tokens in {:.2} s = {:.1} tok/s, TTFT {:.0} ms",
+        phase.tokens(),
+        phase.secs,
+        f64::from(phase.tokens()) / phase.secs,
+        phase.mean(|r| r.ttft_ms)
+    );
+    phase
+}
+
+/// `MODE stdin`: one phase per input line, until the end of input.
+async fn serve_phases(
+    engine: &LlamaEngine,
+    spec: &ModelSpec,
+    prompts: &[String],
+    max_tokens: u32,
+    rounds: usize,
+) {
+    use std::io::{BufRead, Write};
+    println!("READY");
+    std::io::stdout().flush().expect("stdout");
+    let mut lines = std::io::stdin().lock().lines();
+    while let Some(line) = lines.next().transpose().expect("stdin") {
+        let name = line.trim();
+        let phase = if name == "single" {
+            single(engine, spec, prompts, max_tokens, rounds).await
+        } else if let Some(n) = name.strip_prefix("concurrent").and_then(|n| n.parse().ok()) {
+            concurrent(engine, spec, prompts, n, max_tokens, rounds).await
+        } else {
+            panic!("unknown phase {name:?}: single or concurrentN");
+        };
+        println!("PHASE_JSON {}", phase.json());
+        std::io::stdout().flush().expect("stdout");
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
@@ -172,6 +233,11 @@ async fn main() {
     assert!(!prompts.is_empty(), "PROMPTS_FILE has no prompts");
     let rounds: usize = args.next().map_or(1, |a| a.parse().expect("ROUNDS"));
     assert!(rounds >= 1, "ROUNDS must be at least 1");
+    let mode = args.next().unwrap_or_else(|| "all".into());
+    assert!(
+        mode == "all" || mode == "stdin",
+        "MODE must be all or stdin, not {mode:?}"
+    );
     assert!(
         path.is_file(),
         "{} missing: run ops/fetch-model.sh",
@@ -197,25 +263,11 @@ async fn main() {
         load.elapsed().as_secs_f64() * 1e3
     );
 
-    let mut single = Phase {
-        name: "single".into(),
-        concurrency: 1,
-        runs: Vec::new(),
-        secs: 0.0,
-    };
-    for prompt in prompts.iter().cycle().take(rounds) {
-        let start = Instant::now();
-        let run = one(&engine, &spec, prompt, max_tokens).await;
-        single.secs += start.elapsed().as_secs_f64();
-        single.runs.push(run);
+    if mode == "stdin" {
+        serve_phases(&engine, &spec, &prompts, max_tokens, rounds).await;
+        return;
     }
-    println!(
-        "single: {} tokens in {:.2} s = {:.1} tok/s, TTFT {:.0} ms",
-        single.tokens(),
-        single.secs,
-        f64::from(single.tokens()) / single.secs,
-        single.mean(|r| r.ttft_ms)
-    );
+    let single = single(&engine, &spec, &prompts, max_tokens, rounds).await;
     let c4 = concurrent(&engine, &spec, &prompts, 4, max_tokens, rounds).await;
     let c8 = concurrent(&engine, &spec, &prompts, 8, max_tokens, rounds).await;
     let stats = engine.stats();
