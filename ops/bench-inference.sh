@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Inference benchmark, side by side in one run: Inferno's engine in-process (engine_bench),
 # Inferno over HTTP (`inferno serve`), and llama.cpp's own server (PyPI `xllamacpp`), with the
-# same model, threads, slots, total context and prompts. One subject at a time; prints a table
-# of tokens/s and TTFT with the ratios between the subjects (read the ratios: the machine may
-# be shared and noisy).
+# same model, threads, slots, total context and prompts. All three stay loaded for the whole
+# run and take turns phase by phase (never two generating at once); prints a table of tokens/s
+# and TTFT with the ratios between the subjects, and the paired ratio of each pass (read the
+# ratios: the machine may be shared and noisy).
 #
 # usage: ops/bench-inference.sh [extra args for load-tests/bench_inference.py]
 #   e.g. ops/bench-inference.sh --max-tokens 64 --rounds 2 --json-out /tmp/bench.json
@@ -19,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inferno/target}"
+source ops/build-env.sh
 XLLAMACPP="${BENCH_XLLAMACPP:-wheel}"
 XLLAMACPP_VERSION="2026.10.11549"
 case "$XLLAMACPP" in

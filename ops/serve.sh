@@ -4,7 +4,7 @@
 # printed once (set INFERNO_ADMIN_PASSWORD to choose it). Extra arguments go to `serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inferno/target}"
+source ops/build-env.sh
 ops/setup.sh models
 # --all-targets resolves features exactly as the test command does, so llama.cpp (15 minutes
 # on 2 cores) is compiled once for both quick-start commands, not once each.

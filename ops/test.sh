@@ -3,7 +3,7 @@
 # (unit, integration against the real server, end-to-end with the real model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inferno/target}"
+source ops/build-env.sh
 ops/setup.sh models
 export INFERNO_TEST_MODEL="${INFERNO_TEST_MODEL:-$PWD/models/gemma-3-270m-q4_k_m.gguf}"
 
@@ -15,7 +15,7 @@ echo "== cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --all-targets -- --test-threads 2 2>&1 | tee "$log"
+cargo test --all-targets --no-fail-fast -- --test-threads 2 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line with the totals over every test binary.

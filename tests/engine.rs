@@ -14,9 +14,13 @@ use inferno::inference::{
 };
 
 const PROMPT: &str = "The capital of France is";
-/// Greedy continuation of `PROMPT`, 16 tokens (learned from a first run; deterministic for a
-/// single sequence).
-const GREEDY_16: &str = " the capital of the country of France. It is the largest city in France.";
+/// Greedy continuation of `PROMPT`, `GREEDY_TOKENS` tokens: deterministic for a single
+/// sequence, and the same from llama.cpp's own server (PyPI wheel, AVX2). Longer greedy
+/// continuations differ between builds of llama.cpp's kernels: at the 12th token the AVX2 build
+/// goes on " largest city in France." and the AVX2 + AVX-VNNI build " capital of the country
+/// of" (int8 dot products without intermediate saturation).
+const GREEDY: &str = " the capital of the country of France. It is the";
+const GREEDY_TOKENS: u32 = 11;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -88,10 +92,10 @@ async fn wait_idle() {
 #[tokio::test]
 async fn greedy_output_is_the_known_text() {
     let _serial = SERIAL.lock().await;
-    let (out, done) = run(text(PROMPT, greedy(16))).await;
-    assert_eq!(out, GREEDY_16, "greedy output changed: {out:?}");
+    let (out, done) = run(text(PROMPT, greedy(GREEDY_TOKENS))).await;
+    assert_eq!(out, GREEDY, "greedy output changed: {out:?}");
     assert_eq!(done.finish_reason, FinishReason::Length);
-    assert_eq!(done.completion_tokens, 16);
+    assert_eq!(done.completion_tokens, GREEDY_TOKENS);
     assert!(done.prompt_tokens > 1);
     assert!(done.timings.tokens_per_second > 0.0);
 }
@@ -100,7 +104,7 @@ async fn greedy_output_is_the_known_text() {
 async fn stop_string_ends_generation_and_is_excluded() {
     let _serial = SERIAL.lock().await;
     let stop = " It is";
-    let cut = GREEDY_16
+    let cut = GREEDY
         .find(stop)
         .expect("stop string occurs in the known text");
     let params = SamplingParams {
@@ -108,7 +112,7 @@ async fn stop_string_ends_generation_and_is_excluded() {
         ..greedy(16)
     };
     let (out, done) = run(text(PROMPT, params)).await;
-    assert_eq!(out, &GREEDY_16[..cut]);
+    assert_eq!(out, &GREEDY[..cut]);
     assert_eq!(done.finish_reason, FinishReason::Stop);
     assert!(done.completion_tokens < 16);
 }
@@ -324,11 +328,8 @@ async fn unload_cancels_running_requests_and_the_model_reloads_on_demand() {
     };
     assert_eq!(done.finish_reason, FinishReason::Cancelled);
 
-    let (out, done) = run(text(PROMPT, greedy(16))).await;
-    assert_eq!(
-        out, GREEDY_16,
-        "reloaded model must give the same greedy text"
-    );
+    let (out, done) = run(text(PROMPT, greedy(GREEDY_TOKENS))).await;
+    assert_eq!(out, GREEDY, "reloaded model must give the same greedy text");
     assert_eq!(done.finish_reason, FinishReason::Length);
 }
 

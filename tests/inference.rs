@@ -12,8 +12,9 @@ use inferno::inference::{Engine, EngineConfig, LlamaEngine};
 use serde_json::{json, Value};
 
 const MODEL: &str = "gemma-3-270m-q4_k_m";
-/// Greedy continuation of "The capital of France is", 16 tokens.
-const KNOWN: &str = " the capital of the country of France. It is the largest city in France.";
+/// Greedy continuation of "The capital of France is", 11 tokens (as in tests/engine.rs, where
+/// the comment says why not longer).
+const KNOWN: &str = " the capital of the country of France. It is the";
 
 static ENGINE: LazyLock<Arc<LlamaEngine>> = LazyLock::new(|| {
     Arc::new(LlamaEngine::new(EngineConfig {
@@ -98,12 +99,12 @@ async fn greedy_output_stop_strings_and_max_tokens() {
     let out = infer_ok(
         &ts,
         &token,
-        json!({"model": "solo", "prompt": "The capital of France is", "max_tokens": 16}),
+        json!({"model": "solo", "prompt": "The capital of France is", "max_tokens": 11}),
     )
     .await;
     assert_eq!(out["text"], KNOWN, "{out}");
     assert_eq!(out["finish_reason"], "length");
-    assert_eq!(out["usage"]["completion_tokens"], 16);
+    assert_eq!(out["usage"]["completion_tokens"], 11);
     assert_eq!(out["usage"]["prompt_tokens"], 6);
     assert_eq!(out["model"], "solo");
     for k in ["queue_ms", "prompt_ms", "generate_ms", "tokens_per_second"] {
@@ -117,9 +118,9 @@ async fn greedy_output_stop_strings_and_max_tokens() {
     assert_eq!(events[0]["payload"]["job_id"], out["id"]);
     assert_eq!(events[0]["payload"]["prompt"]["length"], 24);
     assert!(events[0]["payload"]["prompt"]["text"].is_null());
-    assert_eq!(events[1]["payload"]["completion_tokens"], 16);
+    assert_eq!(events[1]["payload"]["completion_tokens"], 11);
     assert!(
-        !events[1].to_string().contains("largest city"),
+        !events[1].to_string().contains("country of France"),
         "output text is not recorded by default"
     );
 
