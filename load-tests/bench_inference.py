@@ -366,46 +366,49 @@ class InProcess:
 
 
 class Server:
-    """An HTTP subject: a server process in its own session and a client for it."""
+    """An HTTP subject: a server process in its own session, and a client for it that
+    `make_client` returns once the server answers on `ready_path`."""
 
-    def __init__(self, args, workdir, name, cmd, env, ready_path, log_name):
-        self.args, self.name = args, name
+    info_key = None  # SYSTEM_INFO key under which its llama.cpp build is reported
+
+    def __init__(self, args, workdir, cmd, env, ready_path, log_name):
+        self.args = args
         self.log_path = os.path.join(workdir, log_name)
-        log(f"{name}: " + " ".join(cmd))
+        log(f"{self.key}: " + " ".join(cmd))
         self.logf = open(self.log_path, "w")
         self.proc = track(
             subprocess.Popen(cmd, env=env, stdout=self.logf, stderr=subprocess.STDOUT, start_new_session=True)
         )
         try:
             wait_http_ok(self.base + ready_path, 120, self.proc)
+            self.client = self.make_client()
+            log(f"{self.key}: warm-up")
+            self.client.complete("Hello", 8)
         except BaseException:
             self.stop()
             raise
-
-    def warm_up(self):
-        log(f"{self.name}: warm-up")
-        self.client.complete("Hello", 8)
 
     def phase(self, phase):
         return client_phase(self.client, phase, self.args)
 
     def stop(self):
-        stop_process(self.proc, self.name)
+        stop_process(self.proc, self.key)
         self.logf.close()
+        note_system_info(self.info_key, self.log_path)
 
 
 class InfernoHttp(Server):
-    key, label = "http", "Inferno over HTTP"
+    key, label, info_key = "http", "Inferno over HTTP", "inferno"
 
     def __init__(self, args, workdir):
         port = free_port()
         self.base = f"http://127.0.0.1:{port}"
         data_dir = tempfile.mkdtemp(prefix="inferno-data-", dir=workdir)
-        password = "bench-admin-password-" + os.urandom(6).hex()
+        self.password = "bench-admin-password-" + os.urandom(6).hex()
         env = dict(os.environ)
         env.update(
             {
-                "INFERNO_ADMIN_PASSWORD": password,
+                "INFERNO_ADMIN_PASSWORD": self.password,
                 "INFERNO_MODELS__THREADS": str(args.threads),
                 "INFERNO_MODELS__PARALLEL": str(args.parallel),
                 "INFERNO_MODELS__CTX_PER_SLOT": str(args.ctx_per_slot),
@@ -422,32 +425,26 @@ class InfernoHttp(Server):
             "--models-dir",
             os.path.dirname(os.path.abspath(args.model)),
         ]
-        super().__init__(args, workdir, "inferno", cmd, env, "/ready", "inferno.log")
-        try:
-            token = http_json("POST", f"{self.base}/api/v1/auth/login", {"username": "admin", "password": password})["token"]
-            key = http_json(
-                "POST",
-                f"{self.base}/api/v1/auth/api-keys",
-                {
-                    "name": "bench",
-                    "permissions": ["run_inference", "read_models"],
-                    "rate_limit_per_minute": 1000000,  # the API caps keys at 1,000,000/min
-                },
-                {"Authorization": f"Bearer {token}"},
-            )["key"]
-            self.client = InfernoClient(self.base, key, args.timeout)
-            self.warm_up()
-        except BaseException:
-            self.stop()
-            raise
+        super().__init__(args, workdir, cmd, env, "/ready", "inferno.log")
 
-    def stop(self):
-        super().stop()
-        note_system_info("inferno", self.log_path)
+    def make_client(self):
+        login = {"username": "admin", "password": self.password}
+        token = http_json("POST", f"{self.base}/api/v1/auth/login", login)["token"]
+        key = http_json(
+            "POST",
+            f"{self.base}/api/v1/auth/api-keys",
+            {
+                "name": "bench",
+                "permissions": ["run_inference", "read_models"],
+                "rate_limit_per_minute": 1000000,  # the API caps keys at 1,000,000/min
+            },
+            {"Authorization": f"Bearer {token}"},
+        )["key"]
+        return InfernoClient(self.base, key, self.args.timeout)
 
 
 class LlamaCpp(Server):
-    key, label = "llama", "llama.cpp server (xllamacpp)"
+    key, label, info_key = "llama", "llama.cpp server (xllamacpp)", "llama.cpp"
 
     def __init__(self, args, workdir):
         port = free_port()
@@ -467,17 +464,10 @@ class LlamaCpp(Server):
             "--ctx",
             str(args.parallel * args.ctx_per_slot),
         ]
-        super().__init__(args, workdir, "llama.cpp-server", cmd, None, "/health", "llamacpp.log")
-        try:
-            self.client = LlamaCppClient(self.base, args.timeout)
-            self.warm_up()
-        except BaseException:
-            self.stop()
-            raise
+        super().__init__(args, workdir, cmd, None, "/health", "llamacpp.log")
 
-    def stop(self):
-        super().stop()
-        note_system_info("llama.cpp", self.log_path)
+    def make_client(self):
+        return LlamaCppClient(self.base, self.args.timeout)
 
 
 def serve_llamacpp(argv):

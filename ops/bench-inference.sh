@@ -10,8 +10,9 @@
 #   e.g. ops/bench-inference.sh --max-tokens 64 --rounds 2 --json-out /tmp/bench.json
 # env:   BENCH_THREADS (2), BENCH_PARALLEL (8), BENCH_CTX_PER_SLOT (1024), BENCH_MAX_TOKENS (128),
 #        BENCH_XLLAMACPP (wheel: the prebuilt PyPI wheel, AVX2; source: built from the PyPI
-#        sdist for this CPU, as Inferno is, about 8 minutes once),
-#        BENCH_VENV ($HOME/.cache/inferno/bench-venv, or bench-venv-source),
+#        sdist with the instruction set Inferno's llama.cpp is built with (ops/build-env.sh),
+#        about 8 minutes once per instruction set),
+#        BENCH_VENV ($HOME/.cache/inferno/bench-venv, or bench-venv-source-<instruction set>),
 #        CARGO_TARGET_DIR ($HOME/.cache/inferno/target)
 #
 # Idempotent: builds (dev profile) `inferno` and the `engine_bench` example, fetches the test
@@ -23,9 +24,23 @@ cd "$(dirname "$0")/.."
 source ops/build-env.sh
 XLLAMACPP="${BENCH_XLLAMACPP:-wheel}"
 XLLAMACPP_VERSION="2026.10.11549"
+# llama.cpp's CMake options for the instruction set Inferno's build uses (from RUSTFLAGS, else
+# .cargo/config.toml's x86-64-v3), so that BENCH_XLLAMACPP=source compares like with like
+rustflags="${RUSTFLAGS:-$(sed -n 's/^rustflags = \[\(.*\)\]/\1/p' .cargo/config.toml | tr -d '",')}"
+if [[ "$rustflags" == *target-cpu=native* ]]; then
+    isa=native
+    isa_cmake="-DGGML_NATIVE=ON"
+else
+    isa=x86-64-v3
+    isa_cmake="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+    if [[ "$rustflags" == *+avxvnni* ]]; then
+        isa=x86-64-v3-avxvnni
+        isa_cmake+=" -DGGML_AVX_VNNI=ON"
+    fi
+fi
 case "$XLLAMACPP" in
     wheel) VENV="${BENCH_VENV:-$HOME/.cache/inferno/bench-venv}" ;;
-    source) VENV="${BENCH_VENV:-$HOME/.cache/inferno/bench-venv-source}" ;;
+    source) VENV="${BENCH_VENV:-$HOME/.cache/inferno/bench-venv-source-$isa}" ;;
     *) echo "bench-inference: BENCH_XLLAMACPP must be wheel or source" >&2; exit 2 ;;
 esac
 MODEL="models/gemma-3-270m-q4_k_m.gguf"
@@ -37,9 +52,10 @@ if ! "$VENV/bin/python" -c 'import xllamacpp' 2>/dev/null; then
     echo "bench-inference: installing xllamacpp ($XLLAMACPP) into $VENV"
     python3 -m venv "$VENV"
     if [[ "$XLLAMACPP" == source ]]; then
-        # llama.cpp's default build (GGML_NATIVE); without the parts it would fetch from
-        # GitHub (BoringSSL for HTTPS, llguidance), which the benchmark does not use
-        CMAKE_ARGS="-DLLAMA_BUILD_BORINGSSL=OFF -DLLAMA_LLGUIDANCE=OFF" NPROC="$(nproc)" \
+        # Inferno's instruction set; without the parts llama.cpp would fetch from GitHub
+        # (BoringSSL for HTTPS, llguidance), which the benchmark does not use
+        echo "bench-inference: building llama.cpp's server for $isa ($isa_cmake)"
+        CMAKE_ARGS="$isa_cmake -DLLAMA_BUILD_BORINGSSL=OFF -DLLAMA_LLGUIDANCE=OFF" NPROC="$(nproc)" \
             "$VENV/bin/pip" install --quiet --no-binary xllamacpp "xllamacpp==$XLLAMACPP_VERSION"
     else
         "$VENV/bin/pip" install --quiet "xllamacpp==$XLLAMACPP_VERSION"
