@@ -4,8 +4,8 @@
 # CARGO_TARGET_DIR: outside the clone, $HOME/.cache/inferno/target, unless already set.
 #
 # RUSTFLAGS, unless already set: `.cargo/config.toml` builds for x86-64-v3 (AVX2, FMA, F16C,
-# BMI2: the instruction set of llama.cpp's published builds, runs on any x86-64 CPU since
-# 2015). When this CPU also has AVX-VNNI, add it: llama.cpp's int8 dot products then use it
+# BMI2: the instruction set of llama.cpp's published builds; Intel Haswell, AMD Zen and
+# later). When this CPU also has AVX-VNNI, add it: llama.cpp's int8 dot products then use it
 # (measured here: 2-3% more throughput at 4 and 8 concurrent requests). AVX-512
 # (`target-cpu=native`) is deliberately not used: on the development machine (AMD Zen 5) the
 # AVX2 build of llama.cpp decoded 8 concurrent sequences 1.16x as fast as its AVX-512 build

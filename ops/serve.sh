@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source ops/build-env.sh
 ops/setup.sh models
-# --all-targets resolves features exactly as the test command does, so llama.cpp (15 minutes
-# on 2 cores) is compiled once for both quick-start commands, not once each.
+# --all-targets resolves features exactly as the test command does, so llama.cpp (about 10
+# minutes on 2 cores) is compiled once for both quick-start commands, not once each.
 cargo build --all-targets
 # Requests may omit "model": the test model is the default unless one is configured.
 export INFERNO_MODELS__DEFAULT="${INFERNO_MODELS__DEFAULT:-gemma-3-270m-q4_k_m}"
