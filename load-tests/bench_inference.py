@@ -338,7 +338,11 @@ class InProcess:
             )
         )
         self.lines = LineReader(self.proc.stdout)
-        self._until(lambda line: line == "READY", 120)
+        try:
+            self._until(lambda line: line == "READY", 120)
+        except BaseException:
+            self.stop()
+            raise
 
     def _until(self, done, timeout):
         while True:
