@@ -9,7 +9,7 @@
 
 use inferno::events::admin;
 use inferno::events::*;
-use serde_json::json;
+use inferno::inference::SamplingParams;
 use std::time::{Duration, Instant};
 
 fn job_events(j: u64) -> Vec<Event> {
@@ -18,7 +18,12 @@ fn job_events(j: u64) -> Vec<Event> {
         Event::InferenceQueued(InferenceQueued {
             job_id: job_id.clone(),
             model: "tiny".into(),
-            params: json!({"max_tokens": 64, "temperature": 0.7}),
+            params: SamplingParams {
+                max_tokens: 64,
+                temperature: 0.7,
+                ..SamplingParams::default()
+            }
+            .record(false),
             prompt: ContentRecord::new("Write a haiku about fjall.", false),
         }),
         Event::InferenceStarted(InferenceStarted {
@@ -29,7 +34,12 @@ fn job_events(j: u64) -> Vec<Event> {
             finish_reason: "stop".into(),
             prompt_tokens: 7,
             completion_tokens: 17,
-            timings: json!({"prompt_ms": 3, "gen_ms": 140}),
+            timings: TimingsRecord {
+                queue_us: 40,
+                prompt_us: 3_000,
+                generate_us: 140_000,
+                tokens_per_second_milli: 114_286,
+            },
             output: ContentRecord::new(
                 "Old keyspace / a frog jumps into the log / sound of fsync",
                 false,

@@ -17,6 +17,10 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --all-targets --no-fail-fast -- --test-threads 2 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+echo "== cargo test --doc"
+cargo test --doc 2>&1 | tee -a "$log"
+doc_status=${PIPESTATUS[0]}
+[ "$status" -eq 0 ] && status=$doc_status
 set -e
 # One closing line with the totals over every test binary.
 echo

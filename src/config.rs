@@ -108,11 +108,21 @@ fn default_tls_min() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// HS256 secret; when absent one is generated once and kept in the data dir (mode 0600).
+    /// HS256 secret, at least 32 bytes; when absent one is generated once and kept in the
+    /// data dir (mode 0600).
     pub jwt_secret: Option<Secret>,
     pub token_ttl_hours: u64,
-    /// Login attempts allowed per minute, per client IP and per username.
+    /// Failed logins allowed per minute per (username, client IP), and per client IP;
+    /// successful logins do not count.
     pub login_attempts_per_minute: u32,
+    /// Failed authentications (bad JWT or API key) allowed per minute per client IP; over
+    /// it, requests with credentials from that IP get 429 until the budget refills.
+    pub failed_auth_per_minute: u32,
+    /// Failed authentications are recorded in aggregate: at most one
+    /// `auth.authentication_failed` event per client IP per this many seconds, with a count.
+    pub failure_event_window_secs: u64,
+    /// Live (not revoked, not expired) API keys one user may hold.
+    pub max_keys_per_user: u32,
 }
 
 impl Default for AuthConfig {
@@ -121,6 +131,9 @@ impl Default for AuthConfig {
             jwt_secret: None,
             token_ttl_hours: 24,
             login_attempts_per_minute: 10,
+            failed_auth_per_minute: 30,
+            failure_event_window_secs: 60,
+            max_keys_per_user: 100,
         }
     }
 }

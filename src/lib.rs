@@ -11,7 +11,9 @@
 //! - [`api`]: poem-openapi resources, the error body, middleware and TLS. Only this module
 //!   knows HTTP.
 //! - [`auth`]: users, argon2id passwords, JWTs, API keys, permissions, roles, `Principal`.
-//! - [`ratelimit`]: limits per principal and login throttling, with header values.
+//! - [`ratelimit`]: limits per principal, throttling of failed logins and authentications,
+//!   with header values.
+//! - [`paging`]: cursor paging of the list routes.
 //! - [`events`]: the hash-chained event log in fjall, projections, replay, upcasters.
 //! - [`inference`]: the `Engine` trait, llama.cpp with continuous batching (all FFI in one
 //!   file, on its own threads), GGUF models, the catalog and the request runner.
@@ -27,5 +29,6 @@ pub mod config;
 pub mod events;
 pub mod inference;
 pub mod logging;
+pub mod paging;
 pub mod ratelimit;
 pub mod server;

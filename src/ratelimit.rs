@@ -1,7 +1,9 @@
 //! Rate limits: per principal (API key, or user for JWTs) with the values for the
-//! `X-RateLimit-*` headers, and login throttling per client IP and per username.
+//! `X-RateLimit-*` headers, and budgets of failures: failed logins per (username, client
+//! IP) and per client IP, failed authentications per client IP. Only failures spend a
+//! budget; a key whose budget is spent is refused, unchecked, until it refills.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{Quota, RateLimiter};
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -47,22 +49,95 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+/// Failures allowed per minute per key, over a sliding minute: once a key has had that many
+/// in the last 60 s it is blocked until the oldest of them is a minute old. (A GCRA
+/// limiter such as governor's cannot say whether the next attempt would pass without
+/// spending it, and attempts must be refused before they are checked.)
+struct FailureBudget {
+    per_minute: usize,
+    recent: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn trim(q: &mut VecDeque<Instant>, now: Instant) {
+    while q.front().is_some_and(|t| now.duration_since(*t) >= MINUTE) {
+        q.pop_front();
+    }
+}
+
+impl FailureBudget {
+    fn new(per_minute_n: u32) -> Self {
+        Self {
+            per_minute: per_minute_n.max(1) as usize,
+            recent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Retry-After seconds while `key` is blocked.
+    fn blocked(&self, key: &str) -> Option<u64> {
+        let mut map = self.recent.lock().expect("failure budget lock");
+        let q = map.get_mut(key)?;
+        let now = Instant::now();
+        trim(q, now);
+        if q.len() < self.per_minute {
+            return None;
+        }
+        let oldest = *q.front()?;
+        Some(ceil_secs(MINUTE.saturating_sub(now.duration_since(oldest))).max(1))
+    }
+
+    fn fail(&self, key: String) {
+        let mut map = self.recent.lock().expect("failure budget lock");
+        let q = map.entry(key).or_default();
+        let now = Instant::now();
+        trim(q, now);
+        q.push_back(now);
+        if q.len() > self.per_minute {
+            q.pop_front();
+        }
+    }
+
+    fn prune(&self) {
+        let now = Instant::now();
+        self.recent
+            .lock()
+            .expect("failure budget lock")
+            .retain(|_, q| {
+                trim(q, now);
+                !q.is_empty()
+            });
+    }
+}
+
+/// A client IP gets this many times the per-(username, IP) login budget, so guessing at
+/// several usernames from one address is bounded too.
+const LOGIN_IP_FACTOR: u32 = 5;
+
 pub struct RateLimits {
     default_per_minute: u32,
     /// Each principal's limiter and when it was last used (idle ones are pruned).
     principals: Mutex<HashMap<(String, u32), Tracked>>,
-    login_ip: DefaultKeyedRateLimiter<String>,
-    login_user: DefaultKeyedRateLimiter<String>,
+    login_pair: FailureBudget,
+    login_ip: FailureBudget,
+    auth_ip: FailureBudget,
     clock: DefaultClock,
 }
 
 impl RateLimits {
-    pub fn new(default_per_minute: u32, login_per_minute: u32) -> Self {
+    /// `login_per_minute`: failed logins per (username, IP) (and 5 times that per IP);
+    /// `failed_auth_per_minute`: failed authentications per IP.
+    pub fn new(
+        default_per_minute: u32,
+        login_per_minute: u32,
+        failed_auth_per_minute: u32,
+    ) -> Self {
         Self {
             default_per_minute: default_per_minute.max(1),
             principals: Mutex::new(HashMap::new()),
-            login_ip: RateLimiter::keyed(per_minute(login_per_minute)),
-            login_user: RateLimiter::keyed(per_minute(login_per_minute)),
+            login_pair: FailureBudget::new(login_per_minute),
+            login_ip: FailureBudget::new(login_per_minute.saturating_mul(LOGIN_IP_FACTOR)),
+            auth_ip: FailureBudget::new(failed_auth_per_minute),
             clock: DefaultClock::default(),
         }
     }
@@ -127,10 +202,9 @@ impl RateLimits {
             .lock()
             .expect("rate limit map lock")
             .retain(|_, (_, last)| last.elapsed() < idle);
-        self.login_ip.retain_recent();
-        self.login_user.retain_recent();
-        self.login_ip.shrink_to_fit();
-        self.login_user.shrink_to_fit();
+        self.login_pair.prune();
+        self.login_ip.prune();
+        self.auth_ip.prune();
     }
 
     /// Number of principals with live limiter state (for tests and metrics).
@@ -138,21 +212,37 @@ impl RateLimits {
         self.principals.lock().expect("rate limit map lock").len()
     }
 
-    /// Counts a login attempt against both the client IP and the username; `Err` carries
-    /// Retry-After seconds.
-    pub fn check_login(&self, ip: &str, username: &str) -> Result<(), u64> {
-        let by_ip = self.login_ip.check_key(&ip.to_string());
-        let by_user = self.login_user.check_key(&username.to_ascii_lowercase());
-        let wait = [by_ip.err(), by_user.err()]
-            .into_iter()
-            .flatten()
-            .map(|n| n.wait_time_from(self.clock.now()))
-            .max();
-        match wait {
-            Some(w) => Err(ceil_secs(w).max(1)),
-            None => Ok(()),
-        }
+    /// Retry-After seconds when logins as `username` from `ip` are refused for now (too
+    /// many failures from that IP for that username, or from that IP at all).
+    pub fn login_blocked(&self, ip: &str, username: &str) -> Option<u64> {
+        [
+            self.login_pair.blocked(&login_key(ip, username)),
+            self.login_ip.blocked(ip),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
     }
+
+    /// Spends one failed login of `username` from `ip`.
+    pub fn login_failed(&self, ip: &str, username: &str) {
+        self.login_pair.fail(login_key(ip, username));
+        self.login_ip.fail(ip.to_string());
+    }
+
+    /// Retry-After seconds when credentials from `ip` are refused unchecked for now.
+    pub fn auth_blocked(&self, ip: &str) -> Option<u64> {
+        self.auth_ip.blocked(ip)
+    }
+
+    /// Spends one failed authentication from `ip`.
+    pub fn auth_failed(&self, ip: &str) {
+        self.auth_ip.fail(ip.to_string());
+    }
+}
+
+fn login_key(ip: &str, username: &str) -> String {
+    format!("{ip}\0{}", username.to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -161,7 +251,7 @@ mod tests {
 
     #[test]
     fn counts_down_then_refuses() {
-        let rl = RateLimits::new(3, 10);
+        let rl = RateLimits::new(3, 10, 10);
         let a = rl.check("k", None).unwrap();
         assert_eq!((a.limit, a.remaining), (3, 2));
         rl.check("k", None).unwrap();
@@ -174,9 +264,9 @@ mod tests {
 
     #[test]
     fn housekeeping_forgets_only_idle_principals() {
-        let rl = RateLimits::new(60, 10);
+        let rl = RateLimits::new(60, 10, 10);
         rl.check("a", None).unwrap();
-        rl.check_login("127.0.0.1", "someone").unwrap();
+        rl.login_failed("127.0.0.1", "someone");
         rl.housekeeping();
         assert_eq!(
             rl.tracked_principals(),
@@ -188,8 +278,28 @@ mod tests {
     }
 
     #[test]
+    fn failures_spend_a_budget_that_blocks_only_their_key() {
+        let rl = RateLimits::new(60, 3, 2);
+        for _ in 0..3 {
+            assert_eq!(rl.login_blocked("10.0.0.1", "admin"), None);
+            rl.login_failed("10.0.0.1", "admin");
+        }
+        assert!(rl
+            .login_blocked("10.0.0.1", "admin")
+            .is_some_and(|s| s >= 1));
+        // The same username from another IP, and another username from the same IP.
+        assert_eq!(rl.login_blocked("10.0.0.2", "admin"), None);
+        assert_eq!(rl.login_blocked("10.0.0.1", "bob"), None);
+        for _ in 0..2 {
+            rl.auth_failed("10.0.0.3");
+        }
+        assert!(rl.auth_blocked("10.0.0.3").is_some());
+        assert_eq!(rl.auth_blocked("10.0.0.4"), None);
+    }
+
+    #[test]
     fn override_applies() {
-        let rl = RateLimits::new(60, 10);
+        let rl = RateLimits::new(60, 10, 10);
         assert_eq!(rl.check("k", Some(5)).unwrap().limit, 5);
     }
 }

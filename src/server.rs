@@ -2,6 +2,7 @@
 //! serves until SIGINT/SIGTERM, then finishes in-flight requests up to a timeout.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ struct Inner {
     config: Arc<Config>,
     ready: AtomicBool,
     store: EventStore,
-    auth: AuthService,
+    auth: Arc<AuthService>,
     limits: RateLimits,
     engine: Arc<dyn Engine>,
     catalog: Arc<Catalog>,
@@ -136,6 +137,9 @@ impl RunningServer {
             let _ = tx.send(());
         }
         self.handle.await.context("server task panicked")??;
+        if let Err(e) = self.state.auth().flush_failures(true).await {
+            tracing::warn!(error = %e, "recording failed authentications at shutdown");
+        }
         self.state.store().shutdown().await;
         Ok(())
     }
@@ -162,21 +166,23 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         },
     )
     .with_context(|| format!("opening the event log in {}", data_dir.display()))?;
-    let auth = AuthService::new(store.clone(), &config.auth, &data_dir)?;
+    let auth = Arc::new(AuthService::new(
+        store.clone(),
+        &config.auth,
+        config.limits.requests_per_minute,
+        &data_dir,
+    )?);
     let admin = opts.admin_username.as_deref().unwrap_or("admin");
     if let Some(generated) = auth
         .bootstrap_admin(admin, opts.admin_password.clone())
         .await?
     {
-        // To the terminal only, never to the log.
-        eprintln!(
-            "\n  Created the first admin user {admin:?} with password: {generated}\n  \
-             It is shown once; change it with POST /api/v1/auth/password.\n"
-        );
+        hand_over_admin_password(admin, &generated, &data_dir)?;
     }
     let limits = RateLimits::new(
         config.limits.requests_per_minute,
         config.auth.login_attempts_per_minute,
+        config.auth.failed_auth_per_minute,
     );
     let engine: Arc<dyn Engine> = match opts.engine.clone() {
         Some(e) => e,
@@ -233,6 +239,20 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         None => (tcp.boxed(), false),
     };
 
+    // Failed authentications reach the log in aggregate, once their window is over.
+    let weak = Arc::downgrade(&state.inner);
+    let every = state.auth().failure_flush_interval();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Some(inner) = weak.upgrade() else { return };
+            if let Err(e) = inner.auth.flush_failures(false).await {
+                tracing::warn!(error = %e, "recording failed authentications");
+            }
+        }
+    });
+
     // Rate-limit state for principals and login keys that went quiet is dropped every minute.
     let weak = Arc::downgrade(&state.inner);
     tokio::spawn(async move {
@@ -269,6 +289,45 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         shutdown: Some(tx),
         handle,
     })
+}
+
+/// Where a generated first-admin password goes: the controlling terminal when there is
+/// one, else `<data_dir>/initial-admin-password` (mode 0600). Never the log stream: the log
+/// says which, without the value.
+fn hand_over_admin_password(admin: &str, password: &str, data_dir: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let message = format!(
+        "\n  Created the first admin user {admin:?} with password: {password}\n  \
+         It is shown once; change it with POST /api/v1/auth/password.\n\n"
+    );
+    if let Ok(mut tty) = std::fs::OpenOptions::new().write(true).open("/dev/tty") {
+        if tty.write_all(message.as_bytes()).is_ok() {
+            tracing::info!(
+                user = admin,
+                "created the first admin user; its password was written to the terminal"
+            );
+            return Ok(());
+        }
+    }
+    let path = data_dir.join("initial-admin-password");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut file = opts
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(format!("{password}\n").as_bytes())?;
+    file.sync_all()?;
+    tracing::info!(
+        user = admin,
+        file = %path.display(),
+        "created the first admin user; no terminal, so its password was written to this file (mode 0600): read it, then delete it"
+    );
+    Ok(())
 }
 
 /// The engine settings from `[models]`.

@@ -145,17 +145,9 @@ async fn offline_user_administration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_request_in_flight() {
-    let model = std::env::var("INFERNO_TEST_MODEL")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("models/gemma-3-270m-q4_k_m.gguf")
-        });
-    assert!(model.exists(), "run ops/fetch-model.sh");
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
-    std::fs::create_dir_all(&models).unwrap();
-    std::os::unix::fs::symlink(&model, models.join("gemma-3-270m-q4_k_m.gguf")).unwrap();
+    common::link_test_model(&models);
     let server = common::spawn_server(
         &dir.path().join("data"),
         &[
@@ -194,9 +186,17 @@ async fn replay_rebuilds_projections_and_tampering_stops_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let d = data.to_str().unwrap().to_string();
-    let server = common::spawn_server(&data, &[]).await;
+    let models = dir.path().join("models");
+    common::link_test_model(&models);
+    let env = [
+        ("INFERNO_MODELS__DIR", models.to_str().unwrap()),
+        ("INFERNO_MODELS__THREADS", "1"),
+    ];
+    let server = common::spawn_server(&data, &env).await;
     let c = reqwest::Client::new();
     let token = server.admin_token(&c).await;
+    // Replay and restart below go over real inference events.
+    common::infer_once(&c, &server.url, &token).await;
     let key: Value = c
         .post(server.at("/api/v1/auth/api-keys"))
         .bearer_auth(&token)
@@ -217,7 +217,7 @@ async fn replay_rebuilds_projections_and_tampering_stops_the_server() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let server = common::spawn_server(&data, &[]).await;
+    let server = common::spawn_server(&data, &env).await;
     let r = c
         .get(server.at("/api/v1/auth/me"))
         .header("x-api-key", &key)
@@ -262,17 +262,88 @@ async fn replay_rebuilds_projections_and_tampering_stops_the_server() {
         err.contains(&head.to_string()) && err.to_lowercase().contains("chain"),
         "{err}"
     );
+
+    // With --allow-broken-tail it opens read-only: reads work, every write is 503, and
+    // nothing is chained onto the broken chain.
+    let log = dir.path().join("broken.log");
+    let mut child = Command::new(common::inferno_bin())
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--allow-broken-tail",
+            "--data-dir",
+            &d,
+        ])
+        .env("INFERNO_ADMIN_PASSWORD", common::ADMIN_PASSWORD)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut addr = None;
+    for _ in 0..400 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(a) = text
+            .split("addr=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+        {
+            addr = Some(a.trim_matches('"').to_string());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let url = format!(
+        "http://{}",
+        addr.unwrap_or_else(|| panic!(
+            "the read-only server listens: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        ))
+    );
+    let r = c
+        .get(format!("{url}/api/v1/models"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "reads work");
+    let r = c
+        .post(format!("{url}/api/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": common::ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "SERVICE_UNAVAILABLE", "{body}");
+    let r = c
+        .post(format!("{url}/api/v1/auth/api-keys"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "after-the-break", "permissions": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().unwrap();
+    let out = inferno(&["audit", "verify", "--data-dir", &d], None);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["head_seq"], head, "nothing was appended");
 }
 
 #[tokio::test]
-async fn a_generated_admin_password_is_printed_once_and_never_logged() {
+async fn a_generated_admin_password_goes_to_a_0600_file_without_a_terminal_never_to_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
-    let mut cmd = Command::new(common::inferno_bin());
-    cmd.args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
+    let data = dir.path().join("data");
+    // setsid: a new session without a controlling terminal, as under a service manager.
+    let mut cmd = Command::new("setsid");
+    cmd.arg(common::inferno_bin())
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
         .env_remove("INFERNO_ADMIN_PASSWORD")
         .env("INFERNO_LOGGING__DIR", &logs)
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
@@ -284,17 +355,44 @@ async fn a_generated_admin_password_is_printed_once_and_never_logged() {
         let n = std::io::Read::read(&mut stderr, &mut buf).unwrap();
         text.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
+    let addr = text
+        .split("addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the address is logged")
+        .trim_matches('"')
+        .to_string();
+    let file = data.join("initial-admin-password");
+    let password = std::fs::read_to_string(&file)
+        .expect("the password file is written")
+        .trim()
+        .to_string();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(password.len() >= 16);
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/api/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the password in the file logs in");
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     child.wait().unwrap();
-    let password = text
-        .split("with password: ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the password is printed")
-        .to_string();
-    assert!(password.len() >= 16);
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+    text.push_str(&rest);
+    assert!(
+        !text.contains(&password),
+        "the password is not on the log stream"
+    );
+    assert!(
+        text.contains("initial-admin-password"),
+        "the log says where it went"
+    );
     let mut logged = String::new();
     for e in std::fs::read_dir(&logs).unwrap() {
         logged.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap());

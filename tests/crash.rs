@@ -1,5 +1,6 @@
-//! Acknowledged means durable: kill -9 the real server during concurrent appends; on restart
-//! the chain verifies and every append whose caller got success is present.
+//! Acknowledged means durable: kill -9 the real server during concurrent appends and real
+//! inference; on restart the chain verifies and every append whose caller got success is
+//! present.
 
 mod common;
 
@@ -13,10 +14,44 @@ use serde_json::{json, Value};
 async fn kill9_during_appends_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let env = [("INFERNO_LIMITS__REQUESTS_PER_MINUTE", "1000000")];
+    let models = dir.path().join("models");
+    common::link_test_model(&models);
+    let env = [
+        ("INFERNO_LIMITS__REQUESTS_PER_MINUTE", "1000000"),
+        ("INFERNO_AUTH__MAX_KEYS_PER_USER", "1000000"),
+        ("INFERNO_MODELS__DIR", models.to_str().unwrap()),
+        ("INFERNO_MODELS__THREADS", "1"),
+    ];
     let server = common::spawn_server(&data, &env).await;
     let client = reqwest::Client::new();
     let token = server.admin_token(&client).await;
+    // The model is loaded before the load starts, so inference completes during it.
+    common::infer_once(&client, &server.url, &token).await;
+
+    // Inference runs beside the key load: its events are in the log that is killed.
+    let inferred = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut inference = Vec::new();
+    for _ in 0..2 {
+        let (client, token, inferred, url) = (
+            client.clone(),
+            token.clone(),
+            inferred.clone(),
+            server.url.clone(),
+        );
+        inference.push(tokio::spawn(async move {
+            loop {
+                match tokio::time::timeout(
+                    Duration::from_secs(30),
+                    common::try_infer(&client, &url, &token),
+                )
+                .await
+                {
+                    Ok(Some(id)) => inferred.lock().unwrap().push(id),
+                    _ => return,
+                }
+            }
+        }));
+    }
 
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let deadline = Instant::now() + Duration::from_millis(1500);
@@ -57,9 +92,11 @@ async fn kill9_during_appends_loses_nothing_acknowledged() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     server.kill9();
-    for t in tasks {
+    for t in tasks.into_iter().chain(inference) {
         let _ = t.await;
     }
+    let inferred: Vec<String> = inferred.lock().unwrap().clone();
+    assert!(!inferred.is_empty(), "inference completed during the load");
     let acked: Vec<String> = acked.lock().unwrap().clone();
     assert!(
         acked.len() > 20,
@@ -104,25 +141,54 @@ async fn kill9_during_appends_loses_nothing_acknowledged() {
         "{} acknowledged appends lost: {lost:?}",
         lost.len()
     );
+    // and every answered inference's completion
+    let out = common::run_cli(&[
+        "audit",
+        "export",
+        "--data-dir",
+        data_arg,
+        "--type",
+        "inference.completed",
+    ]);
+    assert!(out.status.success());
+    let completed: HashSet<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["payload"]["job_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        inferred.iter().all(|id| completed.contains(id)),
+        "answered inferences missing from the log"
+    );
 
     // And the server starts again and serves them.
     let server = common::spawn_server(&data, &env).await;
     let token = server.admin_token(&client).await;
-    let keys: Value = client
-        .get(server.at("/api/v1/auth/api-keys"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let listed: HashSet<&str> = keys
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["id"].as_str().unwrap())
-        .collect();
-    assert!(acked.iter().all(|id| listed.contains(id.as_str())));
+    let mut listed = HashSet::new();
+    let mut cursor = String::new();
+    loop {
+        let page: Value = client
+            .get(server.at(&format!("/api/v1/auth/api-keys?limit=1000&cursor={cursor}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for k in page["keys"].as_array().unwrap() {
+            listed.insert(k["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    assert!(acked.iter().all(|id| listed.contains(id)));
     server.terminate();
 }

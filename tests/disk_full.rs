@@ -65,7 +65,7 @@ async fn key_count(ts: &common::TestServer, token: &str) -> usize {
         .json()
         .await
         .unwrap();
-    keys.as_array().unwrap().len()
+    keys["keys"].as_array().unwrap().len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 use inferno::events::admin;
 use inferno::events::projections::{api_keys, config, jobs, models, revoked_tokens, users};
 use inferno::events::*;
+use inferno::inference::SamplingParams;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -28,7 +29,6 @@ fn user_created(id: &str, name: &str) -> Event {
         username: name.into(),
         role: "user".into(),
         extra_permissions: vec!["read_models".into()],
-        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
         has_email: false,
     })
 }
@@ -196,7 +196,14 @@ async fn mixed_workload(store: &EventStore) {
                 Event::ModelUpdated(ModelUpdated {
                     model_id: "m1".into(),
                     aliases: Some(vec!["tiny".into(), "default".into()]),
-                    defaults: Some(json!({"temperature": 0.7, "top_k": 40})),
+                    defaults: Some(
+                        SamplingParams {
+                            temperature: 0.7,
+                            top_k: Some(40),
+                            ..SamplingParams::default()
+                        }
+                        .record(true),
+                    ),
                     enabled: None,
                 }),
                 Event::ModelRegistered(ModelRegistered {
@@ -223,7 +230,12 @@ async fn mixed_workload(store: &EventStore) {
             Event::InferenceQueued(InferenceQueued {
                 job_id: job.clone(),
                 model: "m1".into(),
-                params: json!({"max_tokens": 16}),
+                params: SamplingParams {
+                    max_tokens: 16,
+                    stop: vec!["\n\n".into()],
+                    ..SamplingParams::default()
+                }
+                .record(i % 2 == 0),
                 prompt: ContentRecord::new("Héllo \"world\"\n\u{1}", i % 2 == 0),
             }),
             Event::InferenceStarted(InferenceStarted {
@@ -236,7 +248,12 @@ async fn mixed_workload(store: &EventStore) {
                 finish_reason: "stop".into(),
                 prompt_tokens: 5,
                 completion_tokens: 7,
-                timings: json!({"ms": 12.5}),
+                timings: TimingsRecord {
+                    queue_us: 120,
+                    prompt_us: 12_500,
+                    generate_us: 90_250,
+                    tokens_per_second_milli: 66_481,
+                },
                 output: ContentRecord::new("ok", true),
             })),
             2 => evs.push(Event::InferenceFailed(InferenceFailed {
@@ -386,11 +403,14 @@ async fn tampering_is_detected_and_refused() {
     let report = admin::verify_dir(dir.path(), false).unwrap();
     assert!(!report.ok);
     assert_eq!(report.first_bad_seq, Some(5));
+    assert_eq!(report.first_bad_reason.as_deref(), Some("hash mismatch"));
     assert_eq!(report.head_seq, 10);
 
     // and open refuses, unless the operator allows a broken tail
     match EventStore::open(dir.path(), default_projections(), StoreOptions::default()) {
-        Err(EventError::BrokenChain { seq }) => assert_eq!(seq, 5),
+        Err(EventError::BrokenChain { seq, reason }) => {
+            assert_eq!((seq, reason.as_str()), (5, "hash mismatch"))
+        }
         other => panic!("expected BrokenChain, got {other:?}"),
     }
     let store = EventStore::open(
@@ -506,8 +526,10 @@ async fn v1_api_key_created_is_upcast_to_v2() {
         let events = db
             .keyspace("events", fjall::KeyspaceCreateOptions::default)
             .unwrap();
+        // in the stored layout (field order of the envelope, `hash` last)
+        let env: Envelope = serde_json::from_value(env).unwrap();
         events
-            .insert(1u64.to_be_bytes(), serde_json::to_vec(&env).unwrap())
+            .insert(1u64.to_be_bytes(), env.to_stored_bytes())
             .unwrap();
         db.persist(fjall::PersistMode::SyncAll).unwrap();
     }
@@ -729,7 +751,7 @@ async fn a_newer_layout_version_refuses_to_open() {
         let meta = db
             .keyspace("meta", fjall::KeyspaceCreateOptions::default)
             .unwrap();
-        assert_eq!(&*meta.get("layout_version").unwrap().unwrap(), b"1");
+        assert_eq!(&*meta.get("layout_version").unwrap().unwrap(), b"2");
         meta.insert("layout_version", "99").unwrap();
         db.persist(fjall::PersistMode::SyncAll).unwrap();
     }
@@ -740,7 +762,7 @@ async fn a_newer_layout_version_refuses_to_open() {
             err,
             EventError::UnknownLayoutVersion {
                 found: 99,
-                supported: 1
+                supported: 2
             }
         ),
         "{err:?}"
@@ -874,11 +896,11 @@ async fn verify_of_a_large_log_checks_both_halves_and_their_link() {
         let events = db
             .keyspace("events", fjall::KeyspaceCreateOptions::default)
             .unwrap();
-        let mut env: Value =
+        let mut env: Envelope =
             serde_json::from_slice(&events.get(seq.to_be_bytes()).unwrap().unwrap()).unwrap();
-        env["payload"]["scope"] = json!("rewritten");
+        env.payload["scope"] = json!("rewritten");
         events
-            .insert(seq.to_be_bytes(), serde_json::to_vec(&env).unwrap())
+            .insert(seq.to_be_bytes(), env.to_stored_bytes())
             .unwrap();
         db.persist(fjall::PersistMode::SyncAll).unwrap();
         drop(events);
@@ -886,65 +908,124 @@ async fn verify_of_a_large_log_checks_both_halves_and_their_link() {
         // Then the first bad seq is reported
         let report = admin::verify_dir(dir.path(), false).unwrap();
         assert_eq!(report.first_bad_seq, Some(seq), "{report:?}");
+        assert_eq!(report.first_bad_reason.as_deref(), Some("hash mismatch"));
     }
 }
 
 #[tokio::test]
-async fn envelopes_stored_in_another_equivalent_encoding_verify_decode_and_replay() {
+async fn envelopes_stored_in_another_encoding_are_reported_not_re_encoded() {
     // Given a closed store whose events are all in the layout this build writes
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     mixed_workload(&store).await;
-    let (head, _) = store.head();
     let before: Vec<Envelope> = store.range(0).map(Result::unwrap).collect();
     let jobs_before = admin::projection_snapshot(&store, "jobs").unwrap();
     store.shutdown().await;
     drop(store);
+    assert!(admin::verify_dir(dir.path(), false).unwrap().ok);
 
-    // When every other event is re-encoded with the same content but another key order,
+    // When event 3 is stored again with the same content but another key order,
     // whitespace and escapes (what a different writer could have produced)
     {
         let db = raw_db(dir.path());
         let events = db
             .keyspace("events", fjall::KeyspaceCreateOptions::default)
             .unwrap();
-        for seq in (1..=head).step_by(2) {
-            let v: Value =
-                serde_json::from_slice(&events.get(seq.to_be_bytes()).unwrap().unwrap()).unwrap();
-            let text = serde_json::to_string_pretty(&v)
-                .unwrap()
-                .replace('/', "\\/");
-            events.insert(seq.to_be_bytes(), text.into_bytes()).unwrap();
-        }
+        let v: Value =
+            serde_json::from_slice(&events.get(3u64.to_be_bytes()).unwrap().unwrap()).unwrap();
+        let text = serde_json::to_string_pretty(&v)
+            .unwrap()
+            .replace('/', "\\/");
+        events
+            .insert(3u64.to_be_bytes(), text.into_bytes())
+            .unwrap();
         db.persist(fjall::PersistMode::SyncAll).unwrap();
     }
 
-    // Then the chain still verifies (the hash is over the canonical form, not the bytes)
+    // Then verification reports it as not canonical: it hashes stored bytes, and never
+    // re-encodes parsed values into something that might match
     let report = admin::verify_dir(dir.path(), false).unwrap();
-    assert!(report.ok, "{report:?}");
-    assert_eq!(report.events, head);
-    // and the export still recomputes independently
-    let mut out = Vec::new();
-    admin::export(dir.path(), 0, &[], &mut out).unwrap();
-    let ndjson = String::from_utf8(out).unwrap();
-    // (pretty-printed envelopes span lines: compact them for the NDJSON check)
-    let compact: String = serde_json::Deserializer::from_str(&ndjson)
-        .into_iter::<Value>()
-        .map(|v| format!("{}\n", serde_json::to_string(&v.unwrap()).unwrap()))
-        .collect();
-    assert_eq!(verify_ndjson_independently(&compact), head);
-    // and every envelope decodes to the same value
-    let store = open(dir.path());
+    assert!(!report.ok, "{report:?}");
+    assert_eq!(report.first_bad_seq, Some(3));
+    assert_eq!(report.first_bad_reason.as_deref(), Some("not canonical"));
+    // and the store refuses to open on it
+    match EventStore::open(dir.path(), default_projections(), StoreOptions::default()) {
+        Err(EventError::BrokenChain { seq, reason }) => {
+            assert_eq!((seq, reason.as_str()), (3, "not canonical"))
+        }
+        other => panic!("expected BrokenChain, got {other:?}"),
+    }
+    // while reads still decode every envelope to the same value (inspection and export)
+    let store = EventStore::open(
+        dir.path(),
+        default_projections(),
+        StoreOptions {
+            allow_broken_tail: true,
+        },
+    )
+    .unwrap();
     let after: Vec<Envelope> = store.range(0).map(Result::unwrap).collect();
     assert_eq!(after, before);
-    store.shutdown().await;
-    drop(store);
-    // and replay rebuilds the same projections
-    admin::replay(dir.path(), false).unwrap();
-    let store = open(dir.path());
     assert_eq!(
         admin::projection_snapshot(&store, "jobs").unwrap(),
         jobs_before
     );
     store.shutdown().await;
+}
+
+#[test]
+fn old_versions_with_floats_hashes_or_single_failures_are_upcast() {
+    // The payloads as the previous build wrote them (from tests/fixtures/v1-datadir).
+    let completed = json!({"completion_tokens": 1, "finish_reason": "stop", "job_id": "j",
+        "output": {"length": 0, "sha256": "e3", "text": null}, "prompt_tokens": 13,
+        "timings": {"generate_ms": 10.421028, "prompt_ms": 222.74219300000001,
+                    "queue_ms": 0.35172, "tokens_per_second": 15.734521447747165}});
+    match Event::decode("inference.completed", 1, completed).unwrap() {
+        Event::InferenceCompleted(e) => assert_eq!(
+            e.timings,
+            TimingsRecord {
+                queue_us: 352,
+                prompt_us: 222_742,
+                generate_us: 10_421,
+                tokens_per_second_milli: 15_735,
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+    let queued = json!({"job_id": "j", "model": "m",
+        "params": {"max_tokens": 4, "temperature": 0.800000011920929, "top_k": null,
+                   "top_p": 0.8999999761581421, "min_p": 0.05000000074505806,
+                   "repeat_penalty": 1.100000023841858, "seed": 1, "stop": ["\n\n"]},
+        "prompt": {"length": 2, "sha256": "ab", "text": null}});
+    match Event::decode("inference.queued", 1, queued).unwrap() {
+        Event::InferenceQueued(e) => {
+            assert_eq!(e.params.temperature, "0.8");
+            assert_eq!(e.params.top_p.as_deref(), Some("0.9"));
+            assert_eq!(e.params.min_p.as_deref(), Some("0.05"));
+            assert_eq!(e.params.repeat_penalty.as_deref(), Some("1.1"));
+            assert_eq!(e.params.stop[0].text.as_deref(), Some("\n\n"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let updated = json!({"model_id": "m", "aliases": null, "enabled": null,
+        "defaults": {"max_tokens": 8, "temperature": 0.699999988079071, "stop": []}});
+    match Event::decode("model.updated", 1, updated).unwrap() {
+        Event::ModelUpdated(e) => {
+            let d = e.defaults.unwrap();
+            assert_eq!(d.temperature, "0.7");
+            assert_eq!(d.to_plain_json().unwrap()["temperature"], json!(0.7));
+        }
+        other => panic!("{other:?}"),
+    }
+    let created = json!({"user_id": "u", "username": "a", "role": "user",
+        "extra_permissions": [], "password_hash": "$argon2id$v=19$...", "has_email": false});
+    match Event::decode("user.created", 1, created).unwrap() {
+        Event::UserCreated(e) => assert_eq!(e.username, "a"),
+        other => panic!("{other:?}"),
+    }
+    let failed = json!({"credential": "jwt", "key_id": null, "reason": "malformed token"});
+    match Event::decode("auth.authentication_failed", 1, failed).unwrap() {
+        Event::AuthenticationFailed(e) => assert_eq!((e.count, e.throttled), (1, 0)),
+        other => panic!("{other:?}"),
+    }
 }

@@ -1,6 +1,9 @@
 //! The permission matrix: every route of the API, called by a principal lacking its
-//! permission (403 naming it) and by one holding only it (not 403). The table must grow with
-//! the API: a test fails when the spec has a secured operation the table does not list.
+//! permission (403 naming it) and by one holding only it (plus what the input itself needs),
+//! which gets exactly the status the route documents for that input: a 2xx, or its 4xx for
+//! a missing object. The table must grow with the API: a test fails when the spec has a
+//! secured operation the table does not list, and default-deny fails when an operation is
+//! reachable without credentials that should not be.
 
 mod common;
 
@@ -9,13 +12,18 @@ use std::collections::BTreeSet;
 use common::expect_error;
 use serde_json::{json, Value};
 
-/// (method, path template, concrete path, permission, JSON body)
+/// (method, path template, concrete path, permission, JSON body, expected status)
 struct Row {
     method: &'static str,
     template: &'static str,
     path: &'static str,
     permission: Option<&'static str>,
     body: Option<Value>,
+    /// The status a principal holding the permission gets for this input.
+    expect: u16,
+    /// Permissions the input needs besides the route's (granting a role needs its
+    /// permissions).
+    extra: &'static [&'static str],
 }
 
 const ALL: [&str; 11] = [
@@ -39,8 +47,10 @@ fn rows() -> Vec<Row> {
         path,
         permission,
         body,
+        expect: 0,
+        extra: &[],
     };
-    vec![
+    let rows = vec![
         // Any authenticated principal.
         r("get", "/api/v1/auth/me", "/api/v1/auth/me", None, None),
         r(
@@ -209,7 +219,43 @@ fn rows() -> Vec<Row> {
             Some("run_inference"),
             Some(json!({"model": "none", "prompt": "x"})),
         ),
-    ]
+    ];
+    // The documented outcome of each row's input, in the same order.
+    let expected: &[(u16, &'static [&'static str])] = &[
+        (200, &[]), // me
+        (400, &[]), // logout revokes JWTs; an API key is told how to revoke itself
+        (400, &[]), // wrong old password
+        (200, &[]), // list keys
+        (201, &[]), // create a key
+        (404, &[]), // get, revoke, rotate a key that does not exist
+        (404, &[]),
+        (404, &[]),
+        (200, &[]),                                                // list users
+        (201, &["read_models", "run_inference", "use_streaming"]), // create a `user`
+        (404, &[]),
+        (404, &[]),
+        (404, &[]),
+        (200, &[]), // audit events, one event, stream, verify, export
+        (200, &[]),
+        (200, &[]),
+        (200, &[]),
+        (200, &[]),
+        (200, &[]), // list models
+        (400, &[]), // upload of a body that is not a GGUF file
+        (404, &[]), // get, patch, delete a model that does not exist
+        (404, &[]),
+        (404, &[]),
+        (404, &[]), // inference on a model that does not exist
+    ];
+    assert_eq!(rows.len(), expected.len());
+    rows.into_iter()
+        .zip(expected)
+        .map(|(row, (expect, extra))| Row {
+            expect: *expect,
+            extra,
+            ..row
+        })
+        .collect()
 }
 
 async fn call(ts: &common::TestServer, row: &Row, key: &str) -> reqwest::Response {
@@ -228,45 +274,44 @@ async fn call(ts: &common::TestServer, row: &Row, key: &str) -> reqwest::Respons
 async fn every_route_enforces_its_permission() {
     let ts = common::start_with(|c| c.limits.requests_per_minute = 10_000).await;
     let admin = ts.admin_token().await;
-    // One key holding only P and one holding everything but P, per permission.
-    let mut only = std::collections::HashMap::new();
+    // Per permission, one key holding everything but P.
     let mut without = std::collections::HashMap::new();
     for p in ALL {
-        only.insert(p, ts.api_key(&admin, &[p]).await.1);
         let rest: Vec<&str> = ALL.iter().copied().filter(|q| *q != p).collect();
         without.insert(p, ts.api_key(&admin, &rest).await.1);
     }
-    let (_, none) = ts.api_key(&admin, &[]).await;
 
     for row in rows() {
-        match row.permission {
-            Some(p) => {
-                let r = call(&ts, &row, &without[p]).await;
-                let body = expect_error(r, 403, "PERMISSION_DENIED").await;
-                assert_eq!(
-                    body["error"]["details"]["required"], p,
-                    "{} {}",
-                    row.method, row.path
-                );
-                let r = call(&ts, &row, &only[p]).await;
-                assert!(
-                    r.status() != 403 && r.status() != 401,
-                    "{} {} with {p}: {}",
-                    row.method,
-                    row.path,
-                    r.status()
-                );
-            }
-            None => {
-                let r = call(&ts, &row, &none).await;
-                assert!(
-                    r.status() != 403 && r.status() != 401,
-                    "{} {}: {}",
-                    row.method,
-                    row.path,
-                    r.status()
-                );
-            }
+        if let Some(p) = row.permission {
+            let r = call(&ts, &row, &without[p]).await;
+            let body = expect_error(r, 403, "PERMISSION_DENIED").await;
+            assert_eq!(
+                body["error"]["details"]["required"], p,
+                "{} {}",
+                row.method, row.path
+            );
+        }
+        // A key holding only the route's permission (and what the input needs) gets the
+        // documented status: a 500 or any other status fails.
+        let mut holding: Vec<&str> = row.permission.into_iter().collect();
+        holding.extend(row.extra.iter().copied());
+        let (_, key) = ts.api_key(&admin, &holding).await;
+        let r = call(&ts, &row, &key).await;
+        let status = r.status().as_u16();
+        // An SSE tail never ends by itself: its status is enough.
+        let text = if row.path.ends_with("/stream") {
+            String::new()
+        } else {
+            r.text().await.unwrap_or_default()
+        };
+        assert_eq!(
+            status, row.expect,
+            "{} {} holding {holding:?}: {text}",
+            row.method, row.path
+        );
+        if status >= 400 {
+            let body: Value = serde_json::from_str(&text).expect("error body");
+            assert!(body["error"]["code"].is_string(), "{text}");
         }
         // Without any credential: 401 everywhere.
         let method = reqwest::Method::from_bytes(row.method.to_uppercase().as_bytes()).unwrap();
@@ -326,5 +371,59 @@ fn the_table_covers_every_secured_operation_and_the_spec_names_each_permission()
                 row.template
             );
         }
+    }
+}
+
+/// Default-deny: exactly these operations are reachable without credentials; every other
+/// operation of the spec answers 401 to a request without any.
+#[tokio::test]
+async fn only_health_readiness_and_login_are_open() {
+    const OPEN: [(&str, &str); 3] = [
+        ("get", "/health"),
+        ("get", "/ready"),
+        ("post", "/api/v1/auth/login"),
+    ];
+    let spec: Value = serde_json::from_str(&inferno::api::spec_json()).unwrap();
+    let ts = common::start().await;
+    let mut open = BTreeSet::new();
+    let mut checked = 0;
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let secured = op
+                .get("security")
+                .is_some_and(|s| !s.as_array().unwrap().is_empty());
+            if !secured {
+                open.insert((method.clone(), path.clone()));
+            }
+            let concrete = path.replace("{id}", "x").replace("{seq}", "1");
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let r = ts
+                .client
+                .request(m, ts.at(&concrete))
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            if OPEN.contains(&(method.as_str(), path.as_str())) {
+                assert_ne!(r.status(), 401, "{method} {path} is open");
+            } else {
+                expect_error(r, 401, "AUTHENTICATION_FAILED").await;
+            }
+            checked += 1;
+        }
+    }
+    let expected: BTreeSet<(String, String)> = OPEN
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(open, expected, "operations without a security requirement");
+    assert!(
+        checked > 20,
+        "the spec lists the API ({checked} operations)"
+    );
+    // The spec and the interactive docs are served without credentials too.
+    for path in ["/api/v1/openapi.json", "/docs"] {
+        let r = ts.client.get(ts.at(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
     }
 }

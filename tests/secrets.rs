@@ -130,6 +130,22 @@ async fn secrets_and_emails_never_reach_logs_or_events() {
         .unwrap();
     assert_eq!(r.status(), 204);
     secrets.push("frank-new-password-9".into());
+    // The change ended the token from before it; a new login gets one that works.
+    let r = c
+        .get(server.at("/api/v1/auth/me"))
+        .bearer_auth(&frank)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let frank: Value = login("frank", "frank-new-password-9")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let frank = frank["token"].as_str().unwrap().to_string();
+    secrets.push(frank.clone());
     let r = c
         .patch(server.at("/api/v1/users/nobody"))
         .bearer_auth(&admin)

@@ -15,8 +15,8 @@ use serde_json::Value;
 use super::error::ApiError;
 use super::security::Auth;
 use super::ApiTags;
-use crate::auth::perm;
-use crate::events::{Envelope, EventQuery, EventStore};
+use crate::auth::{perm, Permission};
+use crate::events::{format_ts, Envelope, EventQuery, EventStore};
 use crate::server::AppState;
 
 /// One stored event envelope, exactly as hashed.
@@ -37,23 +37,29 @@ pub struct AuditEvent {
     pub payload: Value,
     pub prev_hash: String,
     pub hash: String,
+    /// Payload fields of an old event version left out because events must not hold them
+    /// (e.g. `payload.password_hash` of `user.created` v1); absent when none.
+    pub redacted: Option<Vec<String>>,
 }
 
 impl From<&Envelope> for AuditEvent {
     fn from(e: &Envelope) -> Self {
-        let v = serde_json::to_value(e).unwrap_or(Value::Null);
+        let fields = e.redacted_fields();
+        let shown = e.shown();
         Self {
             seq: e.seq,
             id: e.id.to_string(),
-            ts: v["ts"].as_str().unwrap_or_default().to_string(),
+            ts: format_ts(&e.ts),
             event_type: e.r#type.clone(),
             version: e.version,
-            actor: v["actor"].clone(),
+            actor: serde_json::json!({"kind": e.actor.kind.as_str(), "id": e.actor.id}),
             request_id: e.request_id.clone(),
             client_ip: e.client_ip.clone(),
-            payload: e.payload.clone(),
+            payload: shown.payload.clone(),
             prev_hash: e.prev_hash.clone(),
             hash: e.hash.clone(),
+            redacted: (!fields.is_empty())
+                .then(|| fields.iter().map(|f| format!("payload.{f}")).collect()),
         }
     }
 }
@@ -73,6 +79,10 @@ pub struct VerifyBody {
     pub head_hash: String,
     /// The first event whose hash or link does not verify.
     pub first_bad_seq: Option<u64>,
+    /// Why it does not: `missing`, `unreadable`, `not canonical` (not in the layout and
+    /// canonical form the server writes; such bytes are never re-encoded to be hashed),
+    /// `seq mismatch`, `broken link` or `hash mismatch`.
+    pub first_bad_reason: Option<String>,
 }
 
 #[derive(ApiResponse)]
@@ -114,10 +124,35 @@ impl Filters {
 }
 
 /// Events after `after` (ascending) from the store, in pages, then live from the broadcast.
-fn tail(store: EventStore, after: u64, types: Vec<String>) -> BoxStream<'static, AuditEvent> {
+/// How often an open tail checks its credential again.
+const RECHECK_SECS: u64 = 30;
+
+/// Event types after which an open tail re-checks its credential at once.
+const REVOKING: &[&str] = &[
+    "api_key.revoked",
+    "api_key.rotated",
+    "auth.token_revoked",
+    "user.disabled",
+    "user.deleted",
+    "user.password_changed",
+    "user.updated",
+];
+
+/// The SSE tail: stored events after `after`, then live ones. It ends when `allowed`
+/// (the credential that opened it, checked again) turns false: every `recheck` and at once
+/// after a revoking event.
+fn tail(
+    store: EventStore,
+    after: u64,
+    types: Vec<String>,
+    allowed: impl Fn() -> bool + Send + 'static,
+    recheck: Duration,
+) -> BoxStream<'static, AuditEvent> {
     let mut live = store.subscribe();
     async_stream::stream! {
         let mut last = after;
+        let mut tick = tokio::time::interval(recheck);
+        tick.tick().await;
         loop {
             // Catch up from the store.
             loop {
@@ -130,6 +165,9 @@ fn tail(store: EventStore, after: u64, types: Vec<String>) -> BoxStream<'static,
                 if page.events.is_empty() {
                     break;
                 }
+                if page.events.iter().any(|e| REVOKING.contains(&e.r#type.as_str())) && !allowed() {
+                    return;
+                }
                 for e in &page.events {
                     last = e.seq;
                     if types.is_empty() || types.contains(&e.r#type) {
@@ -139,10 +177,22 @@ fn tail(store: EventStore, after: u64, types: Vec<String>) -> BoxStream<'static,
             }
             // Then live, until we fall behind.
             loop {
-                match live.recv().await {
+                let received = tokio::select! {
+                    r = live.recv() => r,
+                    _ = tick.tick() => {
+                        if !allowed() {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                match received {
                     Ok(e) if e.seq <= last => continue,
                     Ok(e) if e.seq == last + 1 => {
                         last = e.seq;
+                        if REVOKING.contains(&e.r#type.as_str()) && !allowed() {
+                            return;
+                        }
                         if types.is_empty() || types.contains(&e.r#type) {
                             yield AuditEvent::from(e.as_ref());
                         }
@@ -246,7 +296,7 @@ impl AuditApi {
     async fn stream(
         &self,
         state: Data<&AppState>,
-        _auth: Auth<perm::ViewAuditLogs>,
+        auth: Auth<perm::ViewAuditLogs>,
         #[oai(name = "Last-Event-ID")] last_event_id: Header<Option<String>>,
         after: Query<Option<u64>>,
         /// Event type(s), comma-separated.
@@ -264,7 +314,21 @@ impl AuditApi {
             .0
             .map(|t| t.split(',').map(|s| s.trim().to_string()).collect())
             .unwrap_or_default();
-        let stream = tail(state.store().clone(), from, types);
+        // The tail ends when the credential that opened it no longer could.
+        let (checker, principal) = (state.0.clone(), auth.principal().clone());
+        let allowed = move || {
+            checker
+                .auth()
+                .recheck(&principal)
+                .is_ok_and(|p| p.permissions().contains(Permission::ViewAuditLogs))
+        };
+        let stream = tail(
+            state.store().clone(),
+            from,
+            types,
+            allowed,
+            Duration::from_secs(RECHECK_SECS),
+        );
         Ok(EventStream::new(stream)
             .keep_alive(Duration::from_secs(15))
             .to_event(|e| {
@@ -297,6 +361,7 @@ impl AuditApi {
             head_seq: r.head_seq,
             head_hash: r.head_hash,
             first_bad_seq: r.first_bad_seq,
+            first_bad_reason: r.first_bad_reason,
         }))
     }
 
@@ -343,9 +408,8 @@ impl AuditApi {
                 };
                 let mut buf = Vec::new();
                 for e in &page.events {
-                    if serde_json::to_writer(&mut buf, e).is_ok() {
-                        buf.push(b'\n');
-                    }
+                    buf.extend_from_slice(&e.export_line());
+                    buf.push(b'\n');
                 }
                 if !buf.is_empty() && tx.blocking_send(Ok(buf)).is_err() {
                     return;

@@ -10,6 +10,7 @@ use super::error::ApiError;
 use super::security::{event_context, Authenticated};
 use super::users::User;
 use super::ApiTags;
+use crate::auth::AuthError;
 use crate::server::AppState;
 
 #[derive(Debug, Object)]
@@ -46,8 +47,9 @@ pub struct AuthApi;
 
 #[OpenApi(tag = "ApiTags::Auth")]
 impl AuthApi {
-    /// Log in with username and password; returns a JWT. Limited per client IP and per
-    /// username. No authentication.
+    /// Log in with username and password; returns a JWT. Failed logins are limited per
+    /// (username, client IP) and per client IP; successful ones never count. No
+    /// authentication.
     #[oai(path = "/api/v1/auth/login", method = "post", operation_id = "login")]
     async fn login(
         &self,
@@ -57,13 +59,17 @@ impl AuthApi {
     ) -> Result<Json<LoginResponse>, ApiError> {
         let ctx = event_context(req, None);
         let ip = ctx.client_ip.clone().unwrap_or_default();
-        if let Err(retry) = state.limits().check_login(&ip, &body.username) {
+        if let Some(retry) = state.limits().login_blocked(&ip, &body.username) {
             return Err(ApiError::rate_limited(retry));
         }
-        let (token, expires_at) = state
+        let result = state
             .auth()
             .login(&ctx, &body.username, &body.password)
-            .await?;
+            .await;
+        if matches!(result, Err(AuthError::Unauthenticated(_))) {
+            state.limits().login_failed(&ip, &body.username);
+        }
+        let (token, expires_at) = result?;
         Ok(Json(LoginResponse {
             token,
             expires_at: expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),

@@ -54,6 +54,14 @@ impl From<KeyView> for ApiKey {
     }
 }
 
+/// One page of API keys.
+#[derive(Debug, Object)]
+pub struct ApiKeyPage {
+    pub keys: Vec<ApiKey>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next_cursor: Option<String>,
+}
+
 /// A key with its secret, shown once.
 #[derive(Debug, Object)]
 pub struct CreatedApiKey {
@@ -121,7 +129,9 @@ impl KeysApi {
         Ok(CreatedKey::Created(Json(created(view, key))))
     }
 
-    /// List your API keys; with `manage_users`, anyone's with `?user=<user id>`.
+    /// List your API keys by id, one page at a time; with `manage_users`, anyone's with
+    /// `?user=<user id>`. Called with an API key: the keys it may reach (itself, and keys
+    /// whose permissions are a subset of its own, unless it holds `manage_users`).
     #[oai(
         path = "/api/v1/auth/api-keys",
         method = "get",
@@ -132,12 +142,26 @@ impl KeysApi {
         state: Data<&AppState>,
         auth: Authenticated,
         user: Query<Option<String>>,
-    ) -> Result<Json<Vec<ApiKey>>, ApiError> {
-        let keys = state.auth().list_keys(&auth.principal, user.0.as_deref())?;
-        Ok(Json(keys.into_iter().map(ApiKey::from).collect()))
+        /// 1 to 1000; default 100.
+        limit: Query<Option<u32>>,
+        /// The `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> Result<Json<ApiKeyPage>, ApiError> {
+        let limit = super::page_limit(limit.0)?;
+        let p = state.auth().list_keys(
+            &auth.principal,
+            user.0.as_deref(),
+            cursor.0.as_deref(),
+            limit,
+        )?;
+        Ok(Json(ApiKeyPage {
+            keys: p.items.into_iter().map(ApiKey::from).collect(),
+            next_cursor: p.next_cursor,
+        }))
     }
 
-    /// Show one of your keys (any key with `manage_users`), with `last_used_at`.
+    /// Show a key with `last_used_at`: your own (with an API key: itself, or one whose
+    /// permissions are a subset of its own), any key with `manage_users`.
     #[oai(
         path = "/api/v1/auth/api-keys/:id",
         method = "get",
@@ -152,7 +176,8 @@ impl KeysApi {
         Ok(Json(state.auth().get_key(&auth.principal, &id)?.into()))
     }
 
-    /// Revoke a key at once. Your own keys; any key with `manage_users`.
+    /// Revoke a key at once. Your own keys (with an API key: itself, or one whose
+    /// permissions are a subset of its own); any key with `manage_users`.
     #[oai(
         path = "/api/v1/auth/api-keys/:id",
         method = "delete",
@@ -172,6 +197,9 @@ impl KeysApi {
     }
 
     /// A new secret for the same id, name and permissions; the old secret stops working.
+    /// Your own keys with a JWT; with an API key, itself or a key whose permissions are a
+    /// subset of its own; another user's with `manage_users` and a subset of its
+    /// permissions (rotation hands over the secret).
     #[oai(
         path = "/api/v1/auth/api-keys/:id/rotate",
         method = "post",

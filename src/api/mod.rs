@@ -25,6 +25,19 @@ use crate::server::AppState;
 use error::error_response;
 use middleware::BodyLimits;
 
+/// The `limit` of a paged list route: 1 to 1000, default 100.
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<usize, error::ApiError> {
+    let limit = limit.map_or(crate::paging::DEFAULT_LIMIT, |l| l as usize);
+    if (1..=crate::paging::MAX_LIMIT).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(error::ApiError::field(
+            "limit",
+            format!("limit must be between 1 and {}", crate::paging::MAX_LIMIT),
+        ))
+    }
+}
+
 #[derive(Tags)]
 pub enum ApiTags {
     /// Liveness and readiness.

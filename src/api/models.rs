@@ -17,6 +17,7 @@ use crate::auth::perm;
 use crate::inference::catalog::{metadata_json, CatalogError, ModelPatch, ModelView};
 use crate::inference::runner::SamplingOverrides;
 use crate::inference::{EngineError, SamplingParams};
+use crate::paging::page;
 use crate::server::AppState;
 
 impl From<EngineError> for ApiError {
@@ -142,19 +143,36 @@ pub enum Uploaded {
     Created(Json<Model>),
 }
 
+/// One page of models.
+#[derive(Debug, Object)]
+pub struct ModelPage {
+    pub models: Vec<Model>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next_cursor: Option<String>,
+}
+
 pub struct ModelsApi;
 
 #[OpenApi(tag = "ApiTags::Models")]
 impl ModelsApi {
-    /// List models. Requires permission `read_models`.
+    /// List models by id, one page at a time. Requires permission `read_models`.
     #[oai(path = "/api/v1/models", method = "get", operation_id = "list_models")]
     async fn list(
         &self,
         state: Data<&AppState>,
         _auth: Auth<perm::ReadModels>,
-    ) -> Result<Json<Vec<Model>>, ApiError> {
+        /// 1 to 1000; default 100.
+        limit: Query<Option<u32>>,
+        /// The `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> Result<Json<ModelPage>, ApiError> {
+        let limit = super::page_limit(limit.0)?;
         let models = state.catalog().list()?;
-        Ok(Json(models.into_iter().map(Model::from).collect()))
+        let p = page(models, |m| m.record.id.as_str(), cursor.0.as_deref(), limit);
+        Ok(Json(ModelPage {
+            models: p.items.into_iter().map(Model::from).collect(),
+            next_cursor: p.next_cursor,
+        }))
     }
 
     /// Show a model by id or alias. Requires permission `read_models`.

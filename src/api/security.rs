@@ -38,6 +38,10 @@ impl From<AuthError> for ApiError {
         match e {
             AuthError::Unauthenticated(msg) => ApiError::unauthenticated(msg),
             AuthError::Forbidden(p) => ApiError::forbidden(p.as_str()),
+            AuthError::Beyond { required, message } => {
+                ApiError::forbidden(required.as_str()).with_message(message)
+            }
+            AuthError::Throttled(retry) => ApiError::rate_limited(retry),
             AuthError::Invalid {
                 field,
                 message,
@@ -117,16 +121,33 @@ pub async fn authenticate<E: Endpoint>(ep: Arc<E>, mut req: Request) -> Result<R
         Err(e) => return Ok(e.into_response()),
     };
     let ctx = event_context(&req, None);
+    let ip = ctx.client_ip.clone().unwrap_or_default();
+    if let Some(retry) = state.limits().auth_blocked(&ip) {
+        // Over its failure budget: refused unchecked, and counted in aggregate.
+        if let Err(e) = state
+            .auth()
+            .note_throttled(&ctx, matches!(cred, Credential::Jwt(_)))
+            .await
+        {
+            return Ok(ApiError::from(e).into_response());
+        }
+        return Ok(ApiError::rate_limited(retry).into_response());
+    }
     let principal = match state.auth().authenticate(cred, &ctx).await {
         Ok(p) => p,
-        Err(e) => return Ok(ApiError::from(e).into_response()),
+        Err(e) => {
+            if matches!(e, AuthError::Unauthenticated(_)) {
+                state.limits().auth_failed(&ip);
+            }
+            return Ok(ApiError::from(e).into_response());
+        }
     };
     if let Some(info) = req.extensions().get::<AccessInfo>() {
-        info.set_user(&principal.user_id);
+        info.set_user(principal.user_id());
     }
     let status = match state
         .limits()
-        .check(&principal.rate_key(), principal.rate_limit_per_minute)
+        .check(&principal.rate_key(), principal.rate_limit_per_minute())
     {
         Ok(s) => s,
         Err(limited) => {

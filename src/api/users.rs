@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use poem::web::Data;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, Object, OpenApi};
@@ -70,6 +70,14 @@ pub struct UpdateUser {
     pub email: MaybeUndefined<String>,
 }
 
+/// One page of users.
+#[derive(Debug, Object)]
+pub struct UserPage {
+    pub users: Vec<User>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next_cursor: Option<String>,
+}
+
 #[derive(ApiResponse)]
 pub enum CreatedUser {
     #[oai(status = 201)]
@@ -80,18 +88,30 @@ pub struct UsersApi;
 
 #[OpenApi(tag = "ApiTags::Users")]
 impl UsersApi {
-    /// List users. Requires permission `manage_users`.
+    /// List users by id (creation order), one page at a time. Requires permission
+    /// `manage_users`.
     #[oai(path = "/api/v1/users", method = "get", operation_id = "list_users")]
     async fn list(
         &self,
         state: Data<&AppState>,
         auth: Auth<perm::ManageUsers>,
-    ) -> Result<Json<Vec<User>>, ApiError> {
-        let users = state.auth().list_users(&auth.grant)?;
-        Ok(Json(users.into_iter().map(User::from).collect()))
+        /// 1 to 1000; default 100.
+        limit: Query<Option<u32>>,
+        /// The `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> Result<Json<UserPage>, ApiError> {
+        let limit = super::page_limit(limit.0)?;
+        let p = state
+            .auth()
+            .list_users(&auth.grant, cursor.0.as_deref(), limit)?;
+        Ok(Json(UserPage {
+            users: p.items.into_iter().map(User::from).collect(),
+            next_cursor: p.next_cursor,
+        }))
     }
 
-    /// Create a user. Requires permission `manage_users`.
+    /// Create a user. Requires permission `manage_users`, and every permission of the
+    /// role and extra permissions granted (no one grants beyond their own).
     #[oai(path = "/api/v1/users", method = "post", operation_id = "create_user")]
     async fn create(
         &self,
@@ -129,7 +149,8 @@ impl UsersApi {
     }
 
     /// Change role, permissions, disabled flag, password or email. Requires permission
-    /// `manage_users`.
+    /// `manage_users`, and every permission the user holds and is granted. A password
+    /// change or disabling ends every JWT the user was issued before it.
     #[oai(
         path = "/api/v1/users/:id",
         method = "patch",
@@ -166,7 +187,8 @@ impl UsersApi {
         Ok(Json(user.into()))
     }
 
-    /// Delete a user and revoke their keys. Requires permission `manage_users`.
+    /// Delete a user and revoke their keys. Requires permission `manage_users` and every
+    /// permission the user holds.
     #[oai(
         path = "/api/v1/users/:id",
         method = "delete",

@@ -41,6 +41,19 @@ pub struct Claims {
     pub jti: String,
     pub iat: i64,
     pub exp: i64,
+    /// `iat` in microseconds, so that a token issued in the same second as a password
+    /// change is still ordered against it (tokens of older builds lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat_us: Option<i64>,
+}
+
+impl Claims {
+    /// When the token was issued, as precisely as it says.
+    pub fn issued_at(&self) -> DateTime<Utc> {
+        self.iat_us
+            .and_then(DateTime::from_timestamp_micros)
+            .unwrap_or_else(|| timestamp(self.iat))
+    }
 }
 
 /// HS256 signing and verification keys.
@@ -97,6 +110,7 @@ impl JwtKeys {
             jti: uuid::Uuid::new_v4().simple().to_string(),
             iat: now.timestamp(),
             exp: (now + ttl).timestamp(),
+            iat_us: Some(now.timestamp_micros()),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing cannot fail");

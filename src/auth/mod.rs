@@ -1,9 +1,24 @@
 //! Users, passwords, JWTs, API keys, permissions and roles, and the [`Principal`] a request
 //! acts as. Every action is recorded as an event; users and keys are projections of the log.
+//!
+//! # Layout
+//!
+//! | file | role |
+//! |---|---|
+//! | `mod.rs` | [`Principal`] (constructed only here: by authentication, or as the system actor), [`AuthError`] |
+//! | `permissions.rs` | the eleven permissions, roles, and the [`Granted`] capability |
+//! | `credentials.rs` | argon2id passwords, HS256 JWTs, `inf_` API keys |
+//! | `service.rs` | [`AuthService`]: its state, start-up (first admin), shared validation |
+//! | `session.rs` | login, logout, authenticating credentials, failed-authentication records |
+//! | `keys.rs` | API keys: create, list, show, revoke, rotate, and who may do which |
+//! | `users.rs` | users: create, update, delete, passwords, and who may grant what |
 
 pub mod credentials;
+mod keys;
 pub mod permissions;
 mod service;
+mod session;
+mod users;
 
 use chrono::{DateTime, Utc};
 
@@ -17,30 +32,64 @@ use crate::events::{Actor, EventError};
 pub enum Via {
     Jwt {
         jti: String,
+        /// When the token was issued (microsecond precision).
+        issued_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     },
     ApiKey {
         key_id: String,
+        /// The key's last rotation when it authenticated: a later rotation ends what the
+        /// old secret opened.
+        rotated_at: Option<DateTime<Utc>>,
     },
     /// The command line on a stopped server's data dir.
     System,
 }
 
 /// Who a request acts as, with its effective permissions.
+///
+/// Its fields are private and it is built only in this module (by authentication, or as
+/// the system actor of start-up and the offline CLI), so a [`Granted`] capability, which
+/// only [`Principal::grant`] makes, always stems from a real check. Neither of these
+/// compiles outside `auth`:
+///
+/// ```compile_fail
+/// let everything = inferno::auth::Principal::system();
+/// ```
+///
+/// ```compile_fail
+/// let forged = inferno::auth::Principal {
+///     user_id: "u".into(),
+///     username: "u".into(),
+///     role: "admin".into(),
+///     via: inferno::auth::Via::System,
+///     permissions: inferno::auth::PermissionSet::all(),
+///     rate_limit_per_minute: None,
+/// };
+/// ```
+///
+/// while reading one is fine:
+///
+/// ```
+/// fn who(p: &inferno::auth::Principal) -> (&str, bool) {
+///     (p.user_id(), p.permissions().contains(inferno::auth::Permission::ManageUsers))
+/// }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Principal {
-    pub user_id: String,
-    pub username: String,
-    pub role: String,
-    pub via: Via,
-    pub permissions: PermissionSet,
+    user_id: String,
+    username: String,
+    role: String,
+    via: Via,
+    permissions: PermissionSet,
     /// Per-key override of `[limits] requests_per_minute`.
-    pub rate_limit_per_minute: Option<u32>,
+    rate_limit_per_minute: Option<u32>,
 }
 
 impl Principal {
-    /// The operator at the command line: whoever can open the data dir holds every right.
-    pub fn system() -> Self {
+    /// The operator at the command line or the server at start-up: whoever can open the
+    /// data dir holds every right. Reached only through [`AuthService`].
+    fn system() -> Self {
         Self {
             user_id: "system".into(),
             username: "system".into(),
@@ -51,10 +100,44 @@ impl Principal {
         }
     }
 
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
+
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
+    pub fn via(&self) -> &Via {
+        &self.via
+    }
+
+    /// What this credential may do: the user's permissions, intersected with the key's
+    /// for an API key.
+    pub fn permissions(&self) -> PermissionSet {
+        self.permissions
+    }
+
+    pub fn rate_limit_per_minute(&self) -> Option<u32> {
+        self.rate_limit_per_minute
+    }
+
+    /// The API key this principal authenticated with, if any.
+    pub fn key_id(&self) -> Option<&str> {
+        match &self.via {
+            Via::ApiKey { key_id, .. } => Some(key_id),
+            _ => None,
+        }
+    }
+
     pub fn actor(&self) -> Actor {
         match &self.via {
             Via::Jwt { .. } => Actor::user(self.user_id.clone()),
-            Via::ApiKey { key_id } => Actor::api_key(key_id.clone()),
+            Via::ApiKey { key_id, .. } => Actor::api_key(key_id.clone()),
             Via::System => Actor::system(),
         }
     }
@@ -63,7 +146,7 @@ impl Principal {
     pub fn rate_key(&self) -> String {
         match &self.via {
             Via::Jwt { .. } | Via::System => format!("user:{}", self.user_id),
-            Via::ApiKey { key_id } => format!("key:{key_id}"),
+            Via::ApiKey { key_id, .. } => format!("key:{key_id}"),
         }
     }
 
@@ -71,7 +154,7 @@ impl Principal {
     pub fn describe(&self) -> String {
         match &self.via {
             Via::Jwt { .. } | Via::System => format!("user:{}", self.user_id),
-            Via::ApiKey { key_id } => format!("api_key:{key_id}"),
+            Via::ApiKey { key_id, .. } => format!("api_key:{key_id}"),
         }
     }
 }
@@ -91,6 +174,16 @@ pub enum AuthError {
     /// 403 PERMISSION_DENIED with `details.required`.
     #[error("missing permission {0}")]
     Forbidden(Permission),
+    /// 403 PERMISSION_DENIED with `details.required` and a message saying which rule
+    /// refused (granting or reaching beyond one's own permissions).
+    #[error("{message}")]
+    Beyond {
+        required: Permission,
+        message: String,
+    },
+    /// 429 RATE_LIMITED with `Retry-After` seconds.
+    #[error("too many failed attempts; retry in {0} s")]
+    Throttled(u64),
     /// 400 VALIDATION_ERROR, with the field (and offending entries) in details.
     #[error("{message}")]
     Invalid {

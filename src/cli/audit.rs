@@ -41,8 +41,9 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             if !report.ok {
                 anyhow::bail!(
-                    "the event chain is broken at seq {}",
-                    report.first_bad_seq.unwrap_or_default()
+                    "the event chain is broken at seq {} ({})",
+                    report.first_bad_seq.unwrap_or_default(),
+                    report.first_bad_reason.as_deref().unwrap_or("unknown")
                 );
             }
             Ok(())

@@ -7,7 +7,7 @@ use std::io::BufRead;
 use clap::Subcommand;
 
 use super::ConfigArgs;
-use crate::auth::{perm, AuthService, NewUser, Principal, UserPatch};
+use crate::auth::{perm, AuthService, NewUser, UserPatch};
 use crate::events::{EventContext, EventStore, StoreOptions};
 
 #[derive(Debug, Subcommand)]
@@ -70,7 +70,7 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<()> {
             crate::events::projections::default_projections(),
             StoreOptions::default(),
         )?;
-        let auth = AuthService::new(store.clone(), &cfg.auth, &cfg.storage.data_dir)?;
+        let auth = AuthService::offline(store.clone(), &cfg.auth, &cfg.storage.data_dir)?;
         let result = user_command(&auth, cmd).await;
         store.shutdown().await;
         result
@@ -78,10 +78,7 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<()> {
 }
 
 async fn user_command(auth: &AuthService, cmd: UserCommand) -> anyhow::Result<()> {
-    let system = Principal::system();
-    let cap = system
-        .grant::<perm::ManageUsers>()
-        .expect("the system principal holds every permission");
+    let cap = auth.operator::<perm::ManageUsers>()?;
     let ctx = EventContext::system();
     match cmd {
         UserCommand::Add {
@@ -126,14 +123,22 @@ async fn user_command(auth: &AuthService, cmd: UserCommand) -> anyhow::Result<()
             println!("disabled {username}");
         }
         UserCommand::List { .. } => {
-            for u in auth.list_users(&cap)? {
-                println!(
-                    "{}\t{}\t{}\t{}",
-                    u.id,
-                    u.username,
-                    u.role,
-                    if u.disabled { "disabled" } else { "active" }
-                );
+            let mut cursor = None;
+            loop {
+                let page = auth.list_users(&cap, cursor.as_deref(), crate::paging::MAX_LIMIT)?;
+                for u in page.items {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        u.id,
+                        u.username,
+                        u.role,
+                        if u.disabled { "disabled" } else { "active" }
+                    );
+                }
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
             }
         }
     }

@@ -19,10 +19,16 @@
 //!    output, strings escaped minimally: `"` → `\"`, `\` → `\\`, U+0008/0009/000A/000C/000D
 //!    → `\b \t \n \f \r`, other control characters below U+0020 → `\u00xx` (lowercase hex),
 //!    everything else (including `/` and non-ASCII) written as is. Numbers are written
-//!    exactly as they appear in the export (integers without a fraction or exponent), so an
-//!    auditor should keep the export's number text rather than re-format floats. This is
+//!    exactly as their text appears in the export, never parsed and printed again. This is
 //!    what `serde_json` and Python's `json.dumps(obj, sort_keys=True, separators=(",", ":"),
 //!    ensure_ascii=False)` produce for integers and strings.
+//!
+//!    Events carry only integers and strings: durations in microseconds, rates in
+//!    thousandths, sampling parameters as decimal text. A float's text is where two JSON
+//!    libraries disagree (`1e+16` or `1e16`, and not every library reads every float back
+//!    exactly), an integer's is not. Events written before this rule (`inference.queued`
+//!    v1, `inference.completed` v1, `model.updated` v1) hold floats: keep their text as
+//!    exported (the README's Python recipe shows how).
 //! 3. `hash = lowercase_hex(SHA-256(prev_hash_as_64_ascii_hex_bytes || canonical_bytes))`.
 //! 4. The first event (`seq` 1) has `prev_hash` = 64 `0` characters ([`GENESIS_HASH`]);
 //!    every later event's `prev_hash` equals the previous event's `hash`.
@@ -32,7 +38,7 @@
 
 use super::error::EventError;
 use super::raw::RawEnvelope;
-use super::types::Event;
+use super::types::{Event, REDACTED_FIELDS};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -151,9 +157,11 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// The canonical bytes hashed into the chain: the envelope without `hash`, keys sorted
-    /// at every depth, compact. See the module docs.
-    pub fn canonical_bytes(&self) -> Vec<u8> {
+    /// The canonical bytes of a freshly built envelope, encoded from its fields: the
+    /// reference for the stored-bytes view in `raw.rs`, which is what the writer and
+    /// verification hash. See the module docs.
+    #[cfg(test)]
+    pub(crate) fn canonical_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
         // Keys in sorted order: actor, client_ip, id, payload, prev_hash, request_id, seq,
         // ts, type, version.
@@ -187,11 +195,52 @@ impl Envelope {
     }
 
     /// `hex(SHA-256(prev_hash || canonical_bytes))`.
-    pub fn compute_hash(&self) -> String {
+    #[cfg(test)]
+    pub(crate) fn compute_hash(&self) -> String {
         let mut h = Sha256::new();
         h.update(self.prev_hash.as_bytes());
         h.update(self.canonical_bytes());
         hex::encode(h.finalize())
+    }
+
+    /// The payload fields of this event that readers must not see ([`REDACTED_FIELDS`]).
+    pub fn redacted_fields(&self) -> Vec<&'static str> {
+        redacted_fields(&self.r#type, self.version)
+    }
+
+    /// The envelope as readers see it: [`REDACTED_FIELDS`] left out of the payload.
+    pub fn shown(&self) -> std::borrow::Cow<'_, Envelope> {
+        let fields = self.redacted_fields();
+        if fields.is_empty() {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let mut env = self.clone();
+        if let Some(obj) = env.payload.as_object_mut() {
+            for f in fields {
+                obj.remove(f);
+            }
+        }
+        std::borrow::Cow::Owned(env)
+    }
+
+    /// One line of an export: the stored form, or for an event with redacted fields the
+    /// shown form plus `"redacted": ["payload.<field>", ...]` (its `hash` can then be
+    /// checked only as a link, and recomputed on the server with `inferno audit verify`).
+    pub fn export_line(&self) -> Vec<u8> {
+        let fields = self.redacted_fields();
+        let mut out = self.shown().to_stored_bytes();
+        if !fields.is_empty() {
+            out.pop();
+            out.extend_from_slice(b",\"redacted\":[");
+            for (i, f) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(&mut out, &format!("payload.{f}"));
+            }
+            out.extend_from_slice(b"]}");
+        }
+        out
     }
 
     /// Decodes the payload into a current-version [`Event`], upcasting old versions.
@@ -199,10 +248,38 @@ impl Envelope {
         Event::decode_ref(&self.r#type, self.version, &self.payload)
     }
 
-    /// The stored (and exported) JSON form, one line, no trailing newline.
+    /// The stored (and exported) JSON form, one line, no trailing newline: the keys in
+    /// declaration order, `actor` as `{"kind","id"}`, the payload canonical (sorted keys at
+    /// every depth, whatever order the map keeps), `hash` last.
     pub fn to_stored_bytes(&self) -> Vec<u8> {
-        // Serializing a struct of strings, numbers and a Value cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut out = Vec::with_capacity(320);
+        out.extend_from_slice(b"{\"seq\":");
+        out.extend_from_slice(itoa_u64(self.seq, &mut [0u8; 20]));
+        out.extend_from_slice(b",\"id\":\"");
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        out.extend_from_slice(self.id.hyphenated().encode_lower(&mut id).as_bytes());
+        out.extend_from_slice(b"\",\"ts\":\"");
+        write_ts(&mut out, &self.ts);
+        out.extend_from_slice(b"\",\"type\":");
+        write_str(&mut out, &self.r#type);
+        out.extend_from_slice(b",\"version\":");
+        out.extend_from_slice(itoa_u64(self.version.into(), &mut [0u8; 20]));
+        out.extend_from_slice(b",\"actor\":{\"kind\":");
+        write_str(&mut out, self.actor.kind.as_str());
+        out.extend_from_slice(b",\"id\":");
+        write_str(&mut out, &self.actor.id);
+        out.extend_from_slice(b"},\"request_id\":");
+        write_opt_str(&mut out, self.request_id.as_deref());
+        out.extend_from_slice(b",\"client_ip\":");
+        write_opt_str(&mut out, self.client_ip.as_deref());
+        out.extend_from_slice(b",\"payload\":");
+        write_canonical_value(&mut out, &self.payload);
+        out.extend_from_slice(b",\"prev_hash\":");
+        write_str(&mut out, &self.prev_hash);
+        out.extend_from_slice(b",\"hash\":");
+        write_str(&mut out, &self.hash);
+        out.push(b'}');
+        out
     }
 
     pub fn from_stored_bytes(seq_hint: u64, bytes: &[u8]) -> Result<Envelope, EventError> {
@@ -213,6 +290,15 @@ impl Envelope {
         serde_json::from_slice(bytes)
             .map_err(|e| EventError::decode(format!("event {seq_hint}"), e))
     }
+}
+
+/// The [`REDACTED_FIELDS`] of events of this type and version.
+pub fn redacted_fields(event_type: &str, version: u32) -> Vec<&'static str> {
+    REDACTED_FIELDS
+        .iter()
+        .filter(|(t, v, _)| *t == event_type && *v == version)
+        .map(|(_, _, f)| *f)
+        .collect()
 }
 
 /// Formats a timestamp the way envelopes store it.
@@ -333,7 +419,7 @@ pub(crate) fn write_canonical_value(out: &mut Vec<u8>, v: &serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{TimeDelta, TimeZone};
+    use chrono::{DurationRound, TimeDelta, TimeZone};
 
     #[test]
     fn write_ts_matches_chrono_formatting() {
@@ -354,6 +440,28 @@ mod tests {
             write_ts(&mut out, &ts);
             assert_eq!(String::from_utf8(out).unwrap(), format_ts(&ts), "{ts:?}");
         }
+    }
+
+    #[test]
+    fn stored_bytes_are_serdes_encoding_with_a_sorted_payload() {
+        let env = Envelope {
+            seq: 7,
+            id: Uuid::now_v7(),
+            ts: Utc::now()
+                .duration_trunc(TimeDelta::microseconds(1))
+                .unwrap(),
+            r#type: "x.y\"".into(),
+            version: 2,
+            actor: Actor::user("u\n1"),
+            request_id: Some("r".into()),
+            client_ip: None,
+            payload: serde_json::json!({"b": {"d": 1, "c": [2, "é"]}, "a": null}),
+            prev_hash: GENESIS_HASH.into(),
+            hash: "ab".repeat(32),
+        };
+        assert_eq!(env.to_stored_bytes(), serde_json::to_vec(&env).unwrap());
+        let back: Envelope = serde_json::from_slice(&env.to_stored_bytes()).unwrap();
+        assert_eq!(back, env);
     }
 
     #[test]

@@ -16,8 +16,8 @@ pub enum EventError {
 
     /// The hash chain does not verify at `seq` (tampering or corruption). Refuses to start
     /// unless the operator explicitly allows a broken tail.
-    #[error("event log hash chain is broken at seq {seq}; run `inferno audit verify` (or start with allow_broken_tail to inspect)")]
-    BrokenChain { seq: u64 },
+    #[error("event log hash chain is broken at seq {seq} ({reason}); run `inferno audit verify` (or start with allow_broken_tail to inspect)")]
+    BrokenChain { seq: u64, reason: String },
 
     /// The stored layout was written by a newer Inferno. Refuses to start.
     #[error("data dir layout version {found} is newer than this build supports ({supported}); upgrade inferno")]

@@ -14,7 +14,10 @@
 //! | `envelope.rs` | [`Envelope`], the canonical encoding and the hash rule an auditor re-implements |
 //! | `raw.rs` | zero-copy view of stored envelopes for verify, replay and reads (same results as the full decode) |
 //! | `query.rs` | filtered, paged reads over the log and its type/actor indexes |
-//! | `store.rs` | [`EventStore`]: fjall keyspaces, the single writer (group commit + fsync), queries, verify |
+//! | `store.rs` | [`EventStore`]: fjall keyspaces, reads, queries, the handle appends go through |
+//! | `writer.rs` | the single writer: group commit + fsync, hashing over the stored bytes |
+//! | `verify.rs` | chain verification over the stored bytes, [`VerifyReport`] |
+//! | `fold.rs` | folding the log into projections (start-up catch-up, replay) |
 //! | `projections.rs` | the [`Projection`] trait, [`ProjectionTx`], the concrete read models and their read helpers |
 //! | `admin.rs` | offline `verify_dir`, `export`, `replay` for the CLI (server stopped) |
 //! | `migrate.rs` | numbered storage-layout migrations (described in `migrations/`) |
@@ -23,15 +26,21 @@
 pub mod admin;
 mod envelope;
 mod error;
+mod fold;
 pub mod migrate;
 pub mod projections;
 mod query;
 mod raw;
 mod store;
 mod types;
+mod verify;
+mod writer;
 
-pub use envelope::{Actor, ActorKind, ContentRecord, Envelope, EventContext, GENESIS_HASH};
+pub use envelope::{
+    format_ts, Actor, ActorKind, ContentRecord, Envelope, EventContext, GENESIS_HASH,
+};
 pub use error::EventError;
 pub use projections::{default_projections, Projection, ProjectionTx};
-pub use store::{EventPage, EventQuery, EventStore, StoreOptions, VerifyReport};
+pub use store::{EventPage, EventQuery, EventStore, SideWrite, StoreOptions};
 pub use types::*;
+pub use verify::VerifyReport;

@@ -7,11 +7,16 @@
 //! stored bytes; only the top-level key order differs.
 //!
 //! [`RawEnvelope::parse`] accepts a stored envelope only when it has *exactly* that
-//! layout and every piece is already canonical (compact, sorted keys, minimal string
-//! escapes, numbers as serde_json prints them, lowercase UUID, well-formed `ts`). For such
-//! bytes the canonical form assembled from the raw slices is identical to the one
-//! [`Envelope::canonical_bytes`] produces after a full decode. Anything else returns
-//! `None` and callers fall back to the full decode, so results never differ.
+//! layout and every piece is canonical (compact, sorted keys, minimal string escapes,
+//! lowercase UUID, well-formed `ts`). Numbers are kept as the tokens they are: the hash
+//! covers the stored bytes, so verification never depends on parsing a number and
+//! printing it again (which is not exact for every float). The canonical form assembled
+//! from the raw slices is what [`Envelope::canonical_bytes`] produced when the writer
+//! hashed the event.
+//!
+//! Verification uses only this view: a stored envelope it refuses is reported as not
+//! canonical, never re-encoded into something that might hash. Reads (queries, export,
+//! replay) fall back to the full decoder for such bytes.
 
 use super::envelope::{Actor, ActorKind, Envelope};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -115,10 +120,17 @@ impl<'a> Cur<'a> {
                     self.i += 1;
                     return Some(());
                 }
-                let mut prev: Option<&[u8]> = None;
+                let mut prev: Option<std::borrow::Cow<'a, [u8]>> = None;
                 loop {
-                    let key = self.plain_string()?;
-                    if prev.is_some_and(|p| p >= key) {
+                    // Keys are sorted by their text, so an escaped key is compared unescaped.
+                    let tok = self.string()?;
+                    let inner = &tok[1..tok.len() - 1];
+                    let key: std::borrow::Cow<'a, [u8]> = if inner.contains(&b'\\') {
+                        std::borrow::Cow::Owned(token_string(tok)?.into_bytes())
+                    } else {
+                        std::borrow::Cow::Borrowed(inner)
+                    };
+                    if prev.as_ref().is_some_and(|p| **p >= *key) {
                         return None; // unsorted or duplicate key
                     }
                     prev = Some(key);
@@ -161,37 +173,51 @@ impl<'a> Cur<'a> {
         }
     }
 
-    /// A number exactly as serde_json would print it back after parsing.
+    /// A JSON number token (RFC 8259 grammar). Its bytes are hashed as stored, never
+    /// re-encoded, so any valid token is canonical except `-0`, which the writer never
+    /// produces (an integer zero is written `0`) and other languages read back as `0`.
     fn number(&mut self) -> Option<()> {
+        let b = self.b;
         let start = self.i;
-        while self
-            .peek()
-            .is_some_and(|c| matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
-        {
-            self.i += 1;
-        }
-        let tok = &self.b[start..self.i];
-        let (neg, digits) = match tok.strip_prefix(b"-") {
-            Some(d) => (true, d),
-            None => (false, tok),
+        let mut i = start;
+        let digits = |mut i: usize| {
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            i
         };
-        let is_int = !digits.is_empty() && digits.iter().all(u8::is_ascii_digit);
-        if is_int {
-            if digits.len() > 1 && digits[0] == b'0' {
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match *b.get(i)? {
+            b'0' => i += 1,
+            b'1'..=b'9' => i = digits(i + 1),
+            _ => return None,
+        }
+        let int_end = i;
+        if b.get(i) == Some(&b'.') {
+            let end = digits(i + 1);
+            if end == i + 1 {
                 return None;
             }
-            let s = std::str::from_utf8(tok).ok()?;
-            // serde_json keeps integers in u64/i64 range as integers; `-0` is not canonical.
-            let fits = if neg {
-                digits != b"0" && s.parse::<i64>().is_ok()
-            } else {
-                s.parse::<u64>().is_ok()
-            };
-            return fits.then_some(());
+            i = end;
         }
-        // A float: canonical iff serde_json prints it back unchanged.
-        let v: serde_json::Value = serde_json::from_slice(tok).ok()?;
-        (v.is_number() && serde_json::to_vec(&v).ok()? == tok).then_some(())
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            let end = digits(i);
+            if end == i {
+                return None;
+            }
+            i = end;
+        }
+        if i == int_end && &b[start..i] == b"-0" {
+            return None;
+        }
+        self.i = i;
+        Some(())
     }
 }
 
@@ -393,9 +419,9 @@ impl<'a> RawEnvelope<'a> {
         out.push(b'}');
     }
 
-    /// Whether the stored `hash` is `hex(SHA-256(prev_hash || canonical))`. `buf` is
-    /// scratch space, reused across calls.
-    pub(crate) fn hash_matches(&self, buf: &mut Vec<u8>) -> bool {
+    /// `hex(SHA-256(prev_hash || canonical))`: what `hash` must be. `buf` is scratch
+    /// space, reused across calls.
+    pub(crate) fn hash(&self, buf: &mut Vec<u8>) -> [u8; 64] {
         self.write_canonical(buf);
         let mut h = Sha256::new();
         h.update(self.prev_hash);
@@ -403,7 +429,12 @@ impl<'a> RawEnvelope<'a> {
         let mut hex = [0u8; 64];
         // Cannot fail: the output is exactly twice the digest length.
         let _ = hex::encode_to_slice(h.finalize(), &mut hex);
-        self.hash == hex
+        hex
+    }
+
+    /// Whether the stored `hash` is [`RawEnvelope::hash`].
+    pub(crate) fn hash_matches(&self, buf: &mut Vec<u8>) -> bool {
+        self.hash == self.hash(buf)
     }
 
     /// The type name, when it needs no unescaping.
@@ -475,6 +506,7 @@ mod tests {
             json!({"big": u64::MAX, "neg": i64::MIN, "f": 12345678.9, "s": "\\ \" \u{8} \u{c} \r"}),
             json!([]),
             json!("scalar"),
+            json!({"\n": 1, "\u{1}": {"\"": 2, "\\": 3}, "a\\b": [{"\t": null}]}),
         ] {
             let e = env(payload);
             let stored = e.to_stored_bytes();
@@ -495,15 +527,19 @@ mod tests {
         for (from, to) in [
             ("{\"a\":1,\"b\":\"x\"}", "{\"b\":\"x\",\"a\":1}"),
             ("{\"a\":1,\"b\":\"x\"}", "{\"a\":1,\"a\":2}"),
-            ("{\"a\":1,\"b\":\"x\"}", "{\"a\":1.00,\"b\":\"x\"}"),
-            ("{\"a\":1,\"b\":\"x\"}", "{\"a\":1e0,\"b\":\"x\"}"),
-            ("{\"a\":1,\"b\":\"x\"}", "{\"\\u0001\":1,\"b\":\"x\"}"),
+            ("{\"a\":1,\"b\":\"x\"}", "{\"a\":1.,\"b\":\"x\"}"),
+            ("{\"a\":1,\"b\":\"x\"}", "{\"a\":.5,\"b\":\"x\"}"),
+            ("{\"a\":1,\"b\":\"x\"}", "{\"a\":1e,\"b\":\"x\"}"),
+            ("{\"a\":1,\"b\":\"x\"}", "{\"a\":+1,\"b\":\"x\"}"),
+            ("{\"a\":1,\"b\":\"x\"}", "{\"a\":01.5,\"b\":\"x\"}"),
+            ("{\"a\":1,\"b\":\"x\"}", "{\"a\":NaN,\"b\":\"x\"}"),
+            ("{\"a\":1,\"b\":\"x\"}", "{\"\\u0041\":1,\"b\":\"x\"}"),
+            ("{\"a\":1,\"b\":\"x\"}", "{\"\\n\":1,\"\\u0001\":2}"),
             ("{\"a\":1,\"b\":\"x\"}", "{\"a\":01,\"b\":\"x\"}"),
             ("{\"a\":1,\"b\":\"x\"}", "{\"a\":-0,\"b\":\"x\"}"),
             ("{\"a\":1,\"b\":\"x\"}", "{\"a\":1,\"b\":\"\\u0078\"}"),
             ("{\"a\":1,\"b\":\"x\"}", "{\"a\":1,\"b\":\"\\/\"}"),
             ("{\"a\":1,\"b\":\"x\"}", "{\"a\":1, \"b\":\"x\"}"),
-            ("{\"a\":1,\"b\":\"x\"}", "{\"a\":18446744073709551616}"),
             ("\"seq\":42", "\"seq\":042"),
             ("\"version\":1", "\"version\":4294967296"),
             ("T09:08:07", "T09:08:60"),
@@ -516,5 +552,30 @@ mod tests {
         let upper = stored.replacen(&e.id.to_string(), &e.id.to_string().to_uppercase(), 1);
         assert!(RawEnvelope::parse(upper.as_bytes()).is_none());
         assert!(RawEnvelope::parse(format!("{stored} ").as_bytes()).is_none());
+    }
+
+    /// Floats are hashed as the text stored, even where parsing and printing again
+    /// gives other text (serde_json without `float_roundtrip` read `27.074626000000002`
+    /// back as `27.074626`; that broke verification of every such event).
+    #[test]
+    fn number_tokens_are_hashed_as_stored() {
+        let e = env(json!({"a": 1, "b": "x"}));
+        let stored = String::from_utf8(e.to_stored_bytes()).unwrap();
+        for number in [
+            "27.074626000000002",
+            "1.00",
+            "1e0",
+            "-0.0",
+            "5e-324",
+            "1E+300",
+        ] {
+            let payload = format!("{{\"a\":{number},\"b\":\"x\"}}");
+            let text = stored.replacen("{\"a\":1,\"b\":\"x\"}", &payload, 1);
+            let raw = RawEnvelope::parse(text.as_bytes()).expect(number);
+            let mut buf = Vec::new();
+            raw.write_canonical(&mut buf);
+            let canonical = String::from_utf8(buf).unwrap();
+            assert!(canonical.contains(&payload), "{canonical}");
+        }
     }
 }

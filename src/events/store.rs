@@ -1,5 +1,5 @@
-//! The fjall-backed event store: one writer thread with group commit, reads, queries and
-//! chain verification.
+//! The fjall-backed event store: its keyspaces, reads and queries, and the handle through
+//! which appends reach the single writer (`writer.rs`).
 //!
 //! Appends go over a channel to a single writer. It drains whatever is waiting (up to
 //! [`MAX_GROUP_EVENTS`]), assigns `seq`/`id`/`ts`/`prev_hash`/`hash`, folds the events into
@@ -8,22 +8,23 @@
 //! broadcasts. A failed commit answers the whole group with [`EventError::Unavailable`],
 //! leaves the head where it was, and makes the writer reopen the database before the next
 //! group (fjall refuses writes after a failed journal write), so the server recovers when
-//! the disk does.
+//! the disk does. Verification is in `verify.rs`, catch-up and replay folds in `fold.rs`.
 
 use super::envelope::{Envelope, EventContext, GENESIS_HASH};
 use super::error::EventError;
+use super::fold::fold_log;
 use super::migrate::{self, META_GENERATION};
-use super::projections::{Projection, ProjectionTx};
-use super::raw::RawEnvelope;
+use super::projections::Projection;
 use super::types::Event;
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use super::verify::VerifyReport;
+use super::writer::{AppendRequest, Writer, WriterMsg};
+use chrono::{DateTime, Utc};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use uuid::Uuid;
 
 /// Most events folded into one commit (one fsync).
 pub const MAX_GROUP_EVENTS: usize = 4096;
@@ -38,12 +39,39 @@ const KS_EVENTS: &str = "events";
 const KS_BY_TYPE: &str = "events_by_type";
 const KS_BY_ACTOR: &str = "events_by_actor";
 const KS_META: &str = "meta";
-const CATCH_UP_CHUNK: usize = 32768;
+
+/// A write to a side keyspace (`side.<name>`), committed with an append's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SideWrite {
+    pub(super) keyspace: String,
+    pub(super) key: Vec<u8>,
+    /// `None` deletes.
+    pub(super) value: Option<Vec<u8>>,
+}
+
+impl SideWrite {
+    pub fn put(keyspace: &str, key: impl AsRef<[u8]>, value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            keyspace: keyspace.to_string(),
+            key: key.as_ref().to_vec(),
+            value: Some(value.into()),
+        }
+    }
+
+    pub fn delete(keyspace: &str, key: impl AsRef<[u8]>) -> Self {
+        Self {
+            keyspace: keyspace.to_string(),
+            key: key.as_ref().to_vec(),
+            value: None,
+        }
+    }
+}
 
 /// Options for [`EventStore::open`].
 #[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
-    /// Open even when the last events do not verify (for inspection and export only).
+    /// Open even when the last events do not verify, read-only: appends are refused, reads
+    /// (inspection, export) work.
     pub allow_broken_tail: bool,
 }
 
@@ -73,17 +101,6 @@ pub struct EventPage {
     pub next_cursor: Option<u64>,
 }
 
-/// Result of a full chain verification.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct VerifyReport {
-    pub ok: bool,
-    /// Events checked (up to and including the first bad one).
-    pub events: u64,
-    pub head_seq: u64,
-    pub head_hash: String,
-    pub first_bad_seq: Option<u64>,
-}
-
 pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
@@ -104,7 +121,7 @@ pub(crate) fn index_key(prefix: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-fn to_unavailable(e: impl std::fmt::Display) -> EventError {
+pub(crate) fn to_unavailable(e: impl std::fmt::Display) -> EventError {
     EventError::Unavailable(e.to_string())
 }
 
@@ -247,7 +264,7 @@ impl Handles {
         Ok(read_u64(&self.meta, checkpoint_key(projection).as_bytes())?.unwrap_or(0))
     }
 
-    fn side(&self, name: &str) -> Result<Keyspace, EventError> {
+    pub(crate) fn side(&self, name: &str) -> Result<Keyspace, EventError> {
         let mut side = self
             .side
             .lock()
@@ -267,142 +284,13 @@ impl Handles {
             .get(logical)
             .ok_or_else(|| EventError::Invalid(format!("unknown projection keyspace {logical:?}")))
     }
-
-    /// Verifies the chain from `from_seq` to the head. When `from_seq > 1` the first
-    /// event's `prev_hash` is trusted (used for the start-up tail check). Large logs are
-    /// checked in two halves on two threads; the link between the halves is checked too.
-    pub(crate) fn verify_from(&self, from_seq: u64, mut progress: impl FnMut(u64)) -> VerifyReport {
-        // A corrupt newest event must still be checked (and reported), so the range comes
-        // from the last key, not from decoding the last event.
-        let head_seq = self.head_seq().unwrap_or(0);
-        let head_hash = self.head().map(|(_, h, _)| h).unwrap_or_default();
-        let from_seq = from_seq.max(1);
-        let mut report = VerifyReport {
-            ok: true,
-            events: 0,
-            head_seq,
-            head_hash,
-            first_bad_seq: None,
-        };
-        if head_seq < from_seq {
-            return report;
-        }
-        let prev = (from_seq == 1).then(|| GENESIS_HASH.to_string());
-        let (a, b) = if head_seq - from_seq < 50_000 {
-            (
-                self.verify_range(from_seq, head_seq, prev, &mut progress),
-                None,
-            )
-        } else {
-            let mid = from_seq + (head_seq - from_seq) / 2;
-            std::thread::scope(|s| {
-                let second = s.spawn(|| self.verify_range(mid + 1, head_seq, None, &mut |_| {}));
-                let first = self.verify_range(from_seq, mid, prev, &mut |n| progress(n * 2));
-                let second = second.join().unwrap_or(RangeCheck {
-                    checked: 0,
-                    first_bad: Some(mid + 1),
-                    first_prev: None,
-                    last_hash: None,
-                });
-                (first, Some(second))
-            })
-        };
-        report.events = a.checked;
-        report.first_bad_seq = a.first_bad;
-        if let (None, Some(b)) = (a.first_bad, b) {
-            report.events += b.checked;
-            let linked = a.last_hash.is_some() && a.last_hash == b.first_prev;
-            report.first_bad_seq = if linked {
-                b.first_bad
-            } else {
-                Some(from_seq + a.checked)
-            };
-        }
-        progress(report.events);
-        report.ok = report.first_bad_seq.is_none();
-        report
-    }
-
-    /// Checks events `from..=to`: contiguous keys, `seq` fields, links (the first link only
-    /// against `prev` when given) and hashes.
-    fn verify_range(
-        &self,
-        from: u64,
-        to: u64,
-        prev: Option<String>,
-        progress: &mut dyn FnMut(u64),
-    ) -> RangeCheck {
-        let mut out = RangeCheck {
-            checked: 0,
-            first_bad: None,
-            first_prev: None,
-            last_hash: None,
-        };
-        let mut prev: Option<Vec<u8>> = prev.map(String::into_bytes);
-        let mut expected = from;
-        let mut buf = Vec::with_capacity(1024);
-        for item in self.events.range(seq_key(from)..=seq_key(to)) {
-            let good = (|| -> Result<bool, EventError> {
-                let (k, v) = item.into_inner()?;
-                let seq = key_seq(&k)?;
-                if seq != expected {
-                    return Ok(false); // a gap: `expected` is missing
-                }
-                // Fast path: hash the stored bytes' own canonical pieces (see `raw.rs`).
-                if let Some(raw) = RawEnvelope::parse(&v) {
-                    if seq == from {
-                        out.first_prev = Some(String::from_utf8_lossy(raw.prev_hash).into_owned());
-                    }
-                    let linked = prev.as_deref().is_none_or(|p| p == raw.prev_hash);
-                    let ok = raw.seq == seq && linked && raw.hash_matches(&mut buf);
-                    let p = prev.get_or_insert_with(Vec::new);
-                    p.clear();
-                    p.extend_from_slice(raw.hash);
-                    return Ok(ok);
-                }
-                let env = Envelope::from_stored_bytes(seq, &v)?;
-                if seq == from {
-                    out.first_prev = Some(env.prev_hash.clone());
-                }
-                let linked = prev
-                    .as_deref()
-                    .is_none_or(|p| p == env.prev_hash.as_bytes());
-                let ok = env.seq == seq && linked && env.compute_hash() == env.hash;
-                prev = Some(env.hash.into_bytes());
-                Ok(ok)
-            })()
-            .unwrap_or(false);
-            out.checked += 1;
-            if !good {
-                out.first_bad = Some(expected);
-                return out;
-            }
-            expected += 1;
-            if expected.is_multiple_of(65536) {
-                progress(expected - from);
-            }
-        }
-        if expected != to + 1 {
-            out.first_bad = Some(expected); // missing events at the end of the range
-        }
-        out.last_hash = prev.map(|p| String::from_utf8_lossy(&p).into_owned());
-        out
-    }
-}
-
-struct RangeCheck {
-    checked: u64,
-    first_bad: Option<u64>,
-    /// `prev_hash` of the first event of the range.
-    first_prev: Option<String>,
-    last_hash: Option<String>,
 }
 
 pub(crate) fn checkpoint_key(projection: &str) -> String {
     format!("checkpoint/{projection}")
 }
 
-fn read_u64(ks: &Keyspace, key: &[u8]) -> Result<Option<u64>, EventError> {
+pub(crate) fn read_u64(ks: &Keyspace, key: &[u8]) -> Result<Option<u64>, EventError> {
     match ks.get(key)? {
         None => Ok(None),
         Some(v) => {
@@ -414,143 +302,7 @@ fn read_u64(ks: &Keyspace, key: &[u8]) -> Result<Option<u64>, EventError> {
     }
 }
 
-/// Folds events `after+1..` into `projections`, committing every [`CATCH_UP_CHUNK`] events.
-/// Each projection starts after its own checkpoint when `checkpoints` is given (start-up
-/// catch-up) or at `after` (replay into a fresh generation, which writes no checkpoints).
-///
-/// Two threads: one reads and decodes envelopes (the JSON work), the caller's thread folds
-/// them in seq order and writes the batches.
-pub(crate) fn fold_log(
-    h: &Handles,
-    projection_ks: &HashMap<String, Keyspace>,
-    projections: &[Arc<dyn Projection>],
-    checkpoints: Option<&[u64]>,
-    after: u64,
-    mut progress: impl FnMut(u64),
-) -> Result<u64, EventError> {
-    let mut tx = ProjectionTx::new(projection_ks);
-    let mut in_chunk = 0usize;
-    let mut folded = 0u64;
-    let mut last = after;
-    let flush = |tx: &mut ProjectionTx<'_>, last: u64| -> Result<(), EventError> {
-        let mut batch = h.db.batch();
-        tx.drain_into(&mut batch);
-        if let Some(cps) = checkpoints {
-            for (p, cp) in projections.iter().zip(cps) {
-                if last > *cp {
-                    batch.insert(&h.meta, checkpoint_key(p.name()), seq_key(last).to_vec());
-                }
-            }
-        }
-        batch.commit()?;
-        Ok(())
-    };
-    std::thread::scope(|s| -> Result<(), EventError> {
-        let (decoded_tx, decoded_rx) = std::sync::mpsc::sync_channel::<DecodedChunk>(4);
-        // Folded chunks go back to the decoder to be freed there: memory freed by the
-        // thread that allocated it avoids contention in the allocator.
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<(Envelope, Event)>>();
-        let payload = projections.iter().any(|p| p.reads_payload());
-        s.spawn(move || decode_log(h, after, payload, &decoded_tx, &done_rx));
-        for chunk in decoded_rx {
-            let chunk = chunk?;
-            for (env, event) in &chunk {
-                let seq = env.seq;
-                for (i, p) in projections.iter().enumerate() {
-                    if checkpoints.is_some_and(|cps| cps[i] >= seq) {
-                        continue;
-                    }
-                    tx.apply(p.as_ref(), env, event)?;
-                }
-                tx.commit_request();
-                last = seq;
-                folded += 1;
-                in_chunk += 1;
-                if in_chunk >= CATCH_UP_CHUNK {
-                    flush(&mut tx, last)?;
-                    in_chunk = 0;
-                    progress(folded);
-                }
-            }
-            let _ = done_tx.send(chunk);
-        }
-        // Returning early drops the receiver, which stops the decoder.
-        Ok(())
-    })?;
-    flush(&mut tx, last)?;
-    h.db.persist(PersistMode::SyncAll)?;
-    progress(folded);
-    Ok(folded)
-}
-
-/// Envelopes decoded ahead of the fold, in seq order; an error ends the stream.
-type DecodedChunk = Result<Vec<(Envelope, Event)>, EventError>;
-const DECODE_CHUNK: usize = 1024;
-
-/// Reads events `after+1..` and sends them decoded, until the end or until the receiver
-/// is gone. Without `payload`, envelopes in the usual layout carry a `Null` payload and
-/// their event is decoded straight from the stored text (see [`Projection::reads_payload`]).
-fn decode_log(
-    h: &Handles,
-    after: u64,
-    payload: bool,
-    out: &std::sync::mpsc::SyncSender<DecodedChunk>,
-    done: &std::sync::mpsc::Receiver<Vec<(Envelope, Event)>>,
-) {
-    let mut chunk = Vec::with_capacity(DECODE_CHUNK);
-    for item in h.events.range(seq_key(after + 1)..) {
-        let decoded = (|| -> Result<(Envelope, Event), EventError> {
-            let (k, v) = item.into_inner()?;
-            let seq = key_seq(&k)?;
-            if !payload {
-                if let Some(raw) = RawEnvelope::parse(&v) {
-                    if let Some(env) = raw.to_envelope_without_payload() {
-                        let event = Event::decode_slice(&env.r#type, env.version, raw.payload)?;
-                        return Ok((env, event));
-                    }
-                }
-            }
-            let env = Envelope::from_stored_bytes(seq, &v)?;
-            let event = env.event()?;
-            Ok((env, event))
-        })();
-        match decoded {
-            Ok(d) => chunk.push(d),
-            Err(e) => {
-                if !chunk.is_empty() && out.send(Ok(chunk)).is_err() {
-                    return;
-                }
-                let _ = out.send(Err(e));
-                return;
-            }
-        }
-        if chunk.len() >= DECODE_CHUNK {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(DECODE_CHUNK));
-            if out.send(Ok(full)).is_err() {
-                return;
-            }
-            while let Ok(folded) = done.try_recv() {
-                drop(folded);
-            }
-        }
-    }
-    if !chunk.is_empty() {
-        let _ = out.send(Ok(chunk));
-    }
-}
-
-struct AppendRequest {
-    ctx: EventContext,
-    events: Vec<Event>,
-    reply: oneshot::Sender<Result<Vec<Envelope>, EventError>>,
-}
-
-enum WriterMsg {
-    Append(AppendRequest),
-    Shutdown(oneshot::Sender<()>),
-}
-
-type SharedHandles = Arc<RwLock<Option<Arc<Handles>>>>;
+pub(crate) type SharedHandles = Arc<RwLock<Option<Arc<Handles>>>>;
 
 struct Inner {
     data_dir: PathBuf,
@@ -560,6 +312,9 @@ struct Inner {
     live: broadcast::Sender<Arc<Envelope>>,
     lock: Mutex<Option<File>>,
     projections: Vec<Arc<dyn Projection>>,
+    /// Set when opened with `allow_broken_tail` on a chain broken at this seq: nothing is
+    /// ever chained onto it.
+    read_only: Option<u64>,
 }
 
 /// Handle to the event log. Cheap to clone; all clones share one writer.
@@ -597,14 +352,27 @@ impl EventStore {
         let tail = h.verify_from(tail_from, |_| {});
         if let Some(seq) = tail.first_bad_seq {
             if !opts.allow_broken_tail {
-                return Err(EventError::BrokenChain { seq });
+                return Err(EventError::BrokenChain {
+                    seq,
+                    reason: tail.first_bad_reason.unwrap_or_default(),
+                });
             }
             tracing::error!(
                 seq,
-                "event log chain broken; opened anyway (allow_broken_tail)"
+                "event log chain broken; opened read-only for inspection and export (allow_broken_tail)"
             );
         }
-        let (head_seq, head_hash, head_ts) = h.head()?;
+        let read_only = tail.first_bad_seq;
+        let (head_seq, head_hash, head_ts) = match (h.head(), read_only) {
+            (Ok(head), _) => head,
+            // Read-only on a newest event that does not even decode: nothing is chained
+            // onto it, so its hash is only shown.
+            (Err(e), Some(_)) => {
+                tracing::error!(error = %e, "the newest event does not decode");
+                (h.head_seq()?, String::new(), None)
+            }
+            (Err(e), None) => return Err(e),
+        };
 
         let checkpoints = projections
             .iter()
@@ -650,6 +418,7 @@ impl EventStore {
                 live,
                 lock: Mutex::new(Some(lock)),
                 projections,
+                read_only,
             }),
         })
     }
@@ -673,8 +442,25 @@ impl EventStore {
         ctx: &EventContext,
         events: Vec<Event>,
     ) -> Result<Vec<Envelope>, EventError> {
+        self.append_with(ctx, events, Vec::new()).await
+    }
+
+    /// [`EventStore::append`] with writes to side keyspaces in the same atomic batch: data
+    /// that must never enter the log (password hashes, email addresses) changes exactly
+    /// when its event commits, never before and never without it.
+    pub async fn append_with(
+        &self,
+        ctx: &EventContext,
+        events: Vec<Event>,
+        side: Vec<SideWrite>,
+    ) -> Result<Vec<Envelope>, EventError> {
         if events.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(seq) = self.inner.read_only {
+            return Err(EventError::Unavailable(format!(
+                "the event log is open read-only for inspection: its chain is broken at seq {seq}"
+            )));
         }
         if events.len() > MAX_GROUP_EVENTS {
             return Err(EventError::Invalid(format!(
@@ -685,6 +471,7 @@ impl EventStore {
         let msg = WriterMsg::Append(AppendRequest {
             ctx: ctx.clone(),
             events,
+            side,
             reply,
         });
         self.inner
@@ -694,6 +481,11 @@ impl EventStore {
             .map_err(|_| to_unavailable("event writer stopped"))?;
         rx.await
             .map_err(|_| to_unavailable("event writer stopped"))?
+    }
+
+    /// Whether the store was opened read-only on a broken chain (`allow_broken_tail`).
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only.is_some()
     }
 
     /// `(seq, hash)` of the last committed event; `(0, GENESIS_HASH)` when empty.
@@ -749,6 +541,7 @@ impl EventStore {
                     head_seq,
                     head_hash,
                     first_bad_seq: None,
+                    first_bad_reason: None,
                 }
             }
         }
@@ -785,6 +578,11 @@ impl EventStore {
     /// Durably stores a value outside the log (e.g. an email address, a last-used time).
     /// Not event-sourced: replay does not rebuild it and verify does not cover it.
     pub fn side_put(&self, keyspace: &str, key: &[u8], value: &[u8]) -> Result<(), EventError> {
+        if self.inner.read_only.is_some() {
+            return Err(EventError::Unavailable(
+                "the event log is open read-only".into(),
+            ));
+        }
         let h = self.handles()?;
         let ks = h.side(keyspace)?;
         let mut b = h.db.batch().durability(Some(PersistMode::SyncAll));
@@ -821,203 +619,6 @@ impl EventStore {
         }
         if let Ok(mut l) = self.inner.lock.lock() {
             l.take();
-        }
-    }
-}
-
-/// The single writer. Owns the head while running; publishes it after each commit.
-struct Writer {
-    data_dir: PathBuf,
-    handles: SharedHandles,
-    head: Arc<RwLock<(u64, String)>>,
-    live: broadcast::Sender<Arc<Envelope>>,
-    projections: Vec<Arc<dyn Projection>>,
-    seq: u64,
-    hash: String,
-    last_ts: Option<DateTime<Utc>>,
-    needs_reopen: bool,
-}
-
-impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
-        let mut shutdown = None;
-        while let Some(first) = rx.blocking_recv() {
-            let mut group = Vec::new();
-            let mut n = 0;
-            let mut next = Some(first);
-            while let Some(msg) = next.take() {
-                match msg {
-                    WriterMsg::Shutdown(ack) => {
-                        shutdown = Some(ack);
-                        break;
-                    }
-                    WriterMsg::Append(req) => {
-                        n += req.events.len();
-                        group.push(req);
-                    }
-                }
-                if n < MAX_GROUP_EVENTS {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if !group.is_empty() {
-                self.commit_group(group);
-            }
-            if shutdown.is_some() {
-                break;
-            }
-        }
-        drop(self);
-        if let Some(ack) = shutdown {
-            let _ = ack.send(());
-        }
-    }
-
-    fn current_handles(&mut self) -> Result<Arc<Handles>, EventError> {
-        if self.needs_reopen {
-            self.reopen()?;
-        }
-        self.handles
-            .read()
-            .map_err(|_| to_unavailable("handles lock poisoned"))?
-            .clone()
-            .ok_or_else(|| to_unavailable("event store is closed"))
-    }
-
-    /// After a failed commit fjall is poisoned: close it and open it again, then reload
-    /// the head (a batch whose fsync failed may still have reached the journal).
-    fn reopen(&mut self) -> Result<(), EventError> {
-        let mut slot = self
-            .handles
-            .write()
-            .map_err(|_| to_unavailable("handles lock poisoned"))?;
-        slot.take();
-        let h = Handles::open(&self.data_dir, &self.projections).map_err(to_unavailable)?;
-        let (seq, hash, ts) = h.head().map_err(to_unavailable)?;
-        self.seq = seq;
-        self.hash = hash.clone();
-        self.last_ts = ts;
-        if let Ok(mut head) = self.head.write() {
-            *head = (seq, hash);
-        }
-        *slot = Some(Arc::new(h));
-        self.needs_reopen = false;
-        tracing::warn!(head = seq, "event store reopened after a failed commit");
-        Ok(())
-    }
-
-    fn next_ts(&mut self) -> DateTime<Utc> {
-        let now = Utc::now();
-        let now = now
-            .duration_trunc(TimeDelta::microseconds(1))
-            .unwrap_or(now);
-        // Keep ts non-decreasing in seq order so time filters can stop early.
-        let ts = self.last_ts.map_or(now, |last| last.max(now));
-        self.last_ts = Some(ts);
-        ts
-    }
-
-    fn commit_group(&mut self, group: Vec<AppendRequest>) {
-        let h = match self.current_handles() {
-            Ok(h) => h,
-            Err(e) => {
-                for req in group {
-                    let _ = req.reply.send(Err(to_unavailable(&e)));
-                }
-                return;
-            }
-        };
-        let (start_seq, start_hash, start_ts) = (self.seq, self.hash.clone(), self.last_ts);
-        let mut tx = ProjectionTx::new(&h.projection_ks);
-        let mut accepted: Vec<(oneshot::Sender<_>, Vec<Envelope>)> = Vec::new();
-        let mut batch = h.db.batch().durability(Some(PersistMode::SyncAll));
-
-        for req in group {
-            let (seq0, hash0, ts0) = (self.seq, self.hash.clone(), self.last_ts);
-            let mut envs = Vec::with_capacity(req.events.len());
-            let mut result = Ok(());
-            for event in &req.events {
-                let mut env = Envelope {
-                    seq: self.seq + 1,
-                    id: Uuid::now_v7(),
-                    ts: self.next_ts(),
-                    r#type: event.event_type().to_string(),
-                    version: event.event_version(),
-                    actor: req.ctx.actor.clone(),
-                    request_id: req.ctx.request_id.clone(),
-                    client_ip: req.ctx.client_ip.clone(),
-                    payload: event.payload_json(),
-                    prev_hash: std::mem::take(&mut self.hash),
-                    hash: String::new(),
-                };
-                env.hash = env.compute_hash();
-                self.seq = env.seq;
-                self.hash = env.hash.clone();
-                for p in &self.projections {
-                    if let Err(e) = tx.apply(p.as_ref(), &env, event) {
-                        result = Err(e);
-                        break;
-                    }
-                }
-                envs.push(env);
-                if result.is_err() {
-                    break;
-                }
-            }
-            match result {
-                Ok(()) => {
-                    tx.commit_request();
-                    for env in &envs {
-                        batch.insert(&h.events, seq_key(env.seq), env.to_stored_bytes());
-                        batch.insert(&h.by_type, index_key(&env.r#type, env.seq), b"".to_vec());
-                        batch.insert(&h.by_actor, index_key(&env.actor.id, env.seq), b"".to_vec());
-                    }
-                    accepted.push((req.reply, envs));
-                }
-                Err(e) => {
-                    // This request is refused alone; the rest of the group goes on.
-                    tx.rollback_request();
-                    self.seq = seq0;
-                    self.hash = hash0;
-                    self.last_ts = ts0;
-                    let _ = req.reply.send(Err(e));
-                }
-            }
-        }
-        if accepted.is_empty() {
-            return;
-        }
-        tx.drain_into(&mut batch);
-        for p in &self.projections {
-            batch.insert(
-                &h.meta,
-                checkpoint_key(p.name()),
-                seq_key(self.seq).to_vec(),
-            );
-        }
-        match batch.commit() {
-            Ok(()) => {
-                if let Ok(mut head) = self.head.write() {
-                    *head = (self.seq, self.hash.clone());
-                }
-                for (reply, envs) in accepted {
-                    for env in &envs {
-                        let _ = self.live.send(Arc::new(env.clone()));
-                    }
-                    let _ = reply.send(Ok(envs));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "event log commit failed; answering 503 and reopening");
-                self.seq = start_seq;
-                self.hash = start_hash;
-                self.last_ts = start_ts;
-                self.needs_reopen = true;
-                let msg = format!("event log commit failed: {e}");
-                for (reply, _) in accepted {
-                    let _ = reply.send(Err(EventError::Unavailable(msg.clone())));
-                }
-            }
         }
     }
 }

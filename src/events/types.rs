@@ -1,14 +1,22 @@
 //! Event types: one payload struct per event, the [`Event`] enum, and upcasters.
 //!
-//! Events are named in the past tense and never carry passwords, key secrets, tokens or
-//! email addresses (an argon2 PHC string and a secret's SHA-256 are hashes and allowed).
+//! Events are named in the past tense and never carry passwords, password hashes, key
+//! secrets, tokens or email addresses (an API key secret's SHA-256 identifies the secret
+//! and is allowed; an argon2 hash could be attacked offline and lives in a side keyspace).
 //! A payload that changes shape gets a new `event_version`; the old version is upcast on
 //! read in [`upcast`], so stored events are never rewritten.
+//!
+//! Payloads carry integers and strings, never floats: a float's JSON text is the first
+//! thing that differs between an auditor's language and ours (shortest forms, exponents),
+//! and an integer's is not. Durations are whole microseconds, rates thousandths, and
+//! sampling parameters the decimal text of their value ([`SamplingRecord`]). Old versions
+//! that held floats (`inference.queued` v1, `inference.completed` v1, `model.updated` v1)
+//! are upcast to the integer forms on read.
 
 use super::envelope::ContentRecord;
 use super::error::EventError;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 macro_rules! events {
     ($( $(#[$doc:meta])* $variant:ident => $ty:literal @ $ver:literal { $($body:tt)* } )*) => {
@@ -138,37 +146,203 @@ impl Event {
 ///
 /// Upcasters live here, next to the types, one arm per historical version.
 fn upcast(event_type: &str, version: u32, payload: Value) -> Result<Value, EventError> {
+    let mut obj = match payload {
+        Value::Object(m) => m,
+        _ => {
+            return Err(EventError::decode(
+                format!("{event_type} v{version}"),
+                "payload is not an object",
+            ))
+        }
+    };
     match (event_type, version) {
         // v1 had no per-key rate limit; such keys use the global limit.
         ("api_key.created", 1) => {
-            let mut obj = match payload {
-                Value::Object(m) => m,
-                _ => {
-                    return Err(EventError::decode(
-                        "api_key.created v1",
-                        "payload is not an object",
-                    ))
-                }
-            };
             obj.entry("rate_limit_per_minute").or_insert(Value::Null);
-            Ok(Value::Object(obj))
         }
-        _ => Err(EventError::decode(
-            event_type,
-            format!("no upcaster from version {version}"),
-        )),
+        // v1 carried the argon2 hash; it is never shown (the credentials side keyspace
+        // holds it since migration 0002).
+        ("user.created", 1) | ("user.password_changed", 1) => {
+            obj.remove("password_hash");
+        }
+        // v1 was one event per failure.
+        ("auth.authentication_failed", 1) => {
+            obj.insert("count".into(), Value::from(1));
+            obj.insert("throttled".into(), Value::from(0));
+        }
+        // v1 recorded the sampling parameters with float fields.
+        ("inference.queued", 1) => {
+            let params = obj.remove("params").unwrap_or(Value::Null);
+            obj.insert("params".into(), sampling_v1_to_record(&params));
+        }
+        // v1 recorded `timings` as float milliseconds and tokens per second.
+        ("inference.completed", 1) => {
+            let t = obj.remove("timings").unwrap_or(Value::Null);
+            let f = |k: &str, scale: f64| {
+                let v = t.get(k).and_then(Value::as_f64).unwrap_or(0.0) * scale;
+                Value::from(v.max(0.0).round() as u64)
+            };
+            let timings = Map::from_iter([
+                ("queue_us".to_string(), f("queue_ms", 1000.0)),
+                ("prompt_us".to_string(), f("prompt_ms", 1000.0)),
+                ("generate_us".to_string(), f("generate_ms", 1000.0)),
+                (
+                    "tokens_per_second_milli".to_string(),
+                    f("tokens_per_second", 1000.0),
+                ),
+            ]);
+            obj.insert("timings".into(), Value::Object(timings));
+        }
+        // v1 recorded a model's default sampling parameters with float fields.
+        ("model.updated", 1) => {
+            if let Some(d) = obj.remove("defaults") {
+                let d = if d.is_null() {
+                    d
+                } else {
+                    sampling_v1_to_record(&d)
+                };
+                obj.insert("defaults".into(), d);
+            }
+        }
+        _ => {
+            return Err(EventError::decode(
+                event_type,
+                format!("no upcaster from version {version}"),
+            ))
+        }
     }
+    Ok(Value::Object(obj))
+}
+
+/// Payload fields of old event versions that are never shown to readers, because they held
+/// what events must not (`(type, version, field)`): the API, the SSE tail and exports
+/// leave them out (exports say so in `redacted`); the stored bytes keep them, so the chain
+/// still verifies on the server.
+pub const REDACTED_FIELDS: &[(&str, u32, &str)] = &[
+    ("user.created", 1, "password_hash"),
+    ("user.password_changed", 1, "password_hash"),
+];
+
+/// A v1 sampling object (`temperature` etc. as JSON numbers, `stop` as plain strings) in
+/// the [`SamplingRecord`] form. The numbers were `f32` values widened to `f64`, so they
+/// are narrowed back before being written as decimal text (`0.699999988079071` → `"0.7"`).
+fn sampling_v1_to_record(v: &Value) -> Value {
+    let decimal = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_f64)
+            .map_or(Value::Null, |x| Value::from(decimal_text(x as f32)))
+    };
+    let stop: Vec<Value> = v
+        .get("stop")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|s| serde_json::to_value(ContentRecord::new(s, true)).unwrap_or(Value::Null))
+        .collect();
+    let mut out = Map::new();
+    out.insert(
+        "max_tokens".into(),
+        v.get("max_tokens").cloned().unwrap_or(Value::from(256)),
+    );
+    let temperature = decimal("temperature");
+    out.insert(
+        "temperature".into(),
+        if temperature.is_null() {
+            Value::from("0")
+        } else {
+            temperature
+        },
+    );
+    out.insert(
+        "top_k".into(),
+        v.get("top_k").cloned().unwrap_or(Value::Null),
+    );
+    out.insert("top_p".into(), decimal("top_p"));
+    out.insert("min_p".into(), decimal("min_p"));
+    out.insert("repeat_penalty".into(), decimal("repeat_penalty"));
+    out.insert("seed".into(), v.get("seed").cloned().unwrap_or(Value::Null));
+    out.insert("stop".into(), Value::Array(stop));
+    Value::Object(out)
+}
+
+/// The shortest decimal text that reads back as exactly `v` (`0.7`, `1`, `0.0001`).
+pub fn decimal_text(v: f32) -> String {
+    v.to_string()
+}
+
+/// Sampling parameters as events record them: every float as its decimal text, stop
+/// strings as [`ContentRecord`]s (digest and length; the text only when content is
+/// recorded, and always for a model's defaults, which are configuration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingRecord {
+    pub max_tokens: u32,
+    /// Decimal text, e.g. `"0"` or `"0.7"`.
+    pub temperature: String,
+    pub top_k: Option<i32>,
+    pub top_p: Option<String>,
+    pub min_p: Option<String>,
+    pub repeat_penalty: Option<String>,
+    pub seed: Option<u32>,
+    pub stop: Vec<ContentRecord>,
+}
+
+impl SamplingRecord {
+    /// The parameters as plain JSON numbers and strings, the shape the API shows (for
+    /// read models, which are not hashed). `None` when a decimal text does not parse or a
+    /// stop string's text was not recorded.
+    pub fn to_plain_json(&self) -> Option<Value> {
+        let num = |s: &str| -> Option<Value> {
+            let v: f64 = s.parse().ok()?;
+            serde_json::Number::from_f64(v).map(Value::Number)
+        };
+        let opt = |s: &Option<String>| -> Option<Value> {
+            match s {
+                None => Some(Value::Null),
+                Some(s) => num(s),
+            }
+        };
+        let stop = self
+            .stop
+            .iter()
+            .map(|r| r.text.clone().map(Value::String))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Value::Object(Map::from_iter([
+            ("max_tokens".to_string(), Value::from(self.max_tokens)),
+            ("temperature".to_string(), num(&self.temperature)?),
+            ("top_k".to_string(), serde_json::to_value(self.top_k).ok()?),
+            ("top_p".to_string(), opt(&self.top_p)?),
+            ("min_p".to_string(), opt(&self.min_p)?),
+            ("repeat_penalty".to_string(), opt(&self.repeat_penalty)?),
+            ("seed".to_string(), serde_json::to_value(self.seed).ok()?),
+            ("stop".to_string(), Value::Array(stop)),
+        ])))
+    }
+}
+
+/// How long an inference took, in whole microseconds, and its decode rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TimingsRecord {
+    /// Waiting for a free slot.
+    pub queue_us: u64,
+    /// From getting a slot to the first generated token.
+    pub prompt_us: u64,
+    /// From the first generated token to the end.
+    pub generate_us: u64,
+    /// Tokens per second after the first, times 1000.
+    pub tokens_per_second_milli: u64,
 }
 
 events! {
     // ---- users ----
-    /// A user account was created. `password_hash` is an argon2 PHC string.
-    UserCreated => "user.created" @ 1 {
+    /// A user account was created. Version 2 dropped `password_hash` (v1 carried the
+    /// argon2 PHC string): the hash lives in a side keyspace of credentials, never in the
+    /// log, and v1 payloads are shown without it.
+    UserCreated => "user.created" @ 2 {
         pub user_id: String,
         pub username: String,
         pub role: String,
         pub extra_permissions: Vec<String>,
-        pub password_hash: String,
         /// The address itself lives in a side keyspace, never in the log.
         pub has_email: bool,
     }
@@ -183,9 +357,10 @@ events! {
     UserEnabled => "user.enabled" @ 1 { pub user_id: String, }
     /// The user is removed and all of its API keys are revoked.
     UserDeleted => "user.deleted" @ 1 { pub user_id: String, }
-    PasswordChanged => "user.password_changed" @ 1 {
+    /// Version 2 dropped `password_hash` (see `user.created`). Every JWT of the user issued
+    /// before this event stops working.
+    PasswordChanged => "user.password_changed" @ 2 {
         pub user_id: String,
-        pub password_hash: String,
         pub by_admin: bool,
     }
 
@@ -202,11 +377,19 @@ events! {
         pub user_id: String,
         pub expires_at: chrono::DateTime<chrono::Utc>,
     }
-    AuthenticationFailed => "auth.authentication_failed" @ 1 {
+    /// Failed authentications from one client IP, in aggregate: at most one such event per
+    /// IP per `[auth] failure_event_window_secs`. `credential`, `key_id` (the first key id
+    /// seen) and `reason` are those of the first failure it counts. Version 2 added `count`
+    /// and `throttled` (v1: one failure per event).
+    AuthenticationFailed => "auth.authentication_failed" @ 2 {
         /// `"jwt"` or `"api_key"`.
         pub credential: String,
         pub key_id: Option<String>,
         pub reason: String,
+        /// Failed checks since the previous such event of this IP.
+        pub count: u64,
+        /// Attempts refused unchecked because the IP was over its failure budget.
+        pub throttled: u64,
     }
     PermissionDenied => "auth.permission_denied" @ 1 {
         pub principal: String,
@@ -236,10 +419,11 @@ events! {
         pub sha256: String,
         pub size_bytes: u64,
     }
-    ModelUpdated => "model.updated" @ 1 {
+    /// Version 2 records `defaults` as a [`SamplingRecord`] (v1: float fields).
+    ModelUpdated => "model.updated" @ 2 {
         pub model_id: String,
         pub aliases: Option<Vec<String>>,
-        pub defaults: Option<Value>,
+        pub defaults: Option<SamplingRecord>,
         pub enabled: Option<bool>,
     }
     ModelDeleted => "model.deleted" @ 1 { pub model_id: String, pub forced: bool, }
@@ -251,19 +435,22 @@ events! {
     QueueResumed => "queue.resumed" @ 1 {}
 
     // ---- jobs / inference ----
-    InferenceQueued => "inference.queued" @ 1 {
+    /// Version 2 records `params` as a [`SamplingRecord`] (v1: float fields, plain stop
+    /// strings).
+    InferenceQueued => "inference.queued" @ 2 {
         pub job_id: String,
         pub model: String,
-        pub params: Value,
+        pub params: SamplingRecord,
         pub prompt: ContentRecord,
     }
     InferenceStarted => "inference.started" @ 1 { pub job_id: String, }
-    InferenceCompleted => "inference.completed" @ 1 {
+    /// Version 2 records `timings` as integers ([`TimingsRecord`]; v1: float ms).
+    InferenceCompleted => "inference.completed" @ 2 {
         pub job_id: String,
         pub finish_reason: String,
         pub prompt_tokens: u64,
         pub completion_tokens: u64,
-        pub timings: Value,
+        pub timings: TimingsRecord,
         pub output: ContentRecord,
     }
     InferenceFailed => "inference.failed" @ 1 { pub job_id: String, pub error: String, }

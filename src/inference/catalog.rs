@@ -147,7 +147,12 @@ impl Catalog {
                 events.push(registered(f));
             }
         }
-        if !events.is_empty() {
+        if !events.is_empty() && self.store.is_read_only() {
+            tracing::warn!(
+                files = events.len(),
+                "new or changed model files are not recorded: the event log is read-only"
+            );
+        } else if !events.is_empty() {
             self.store.append(&EventContext::system(), events).await?;
         }
         let mut files = self.files.write().expect("catalog lock");
@@ -344,10 +349,8 @@ impl Catalog {
             d.validate()
                 .map_err(|e| invalid("defaults", e.to_string()))?;
         }
-        let defaults = match &patch.defaults {
-            Some(d) => Some(serde_json::to_value(d).map_err(|e| CatalogError::Io(e.to_string()))?),
-            None => None,
-        };
+        // A model's defaults are configuration: stop strings are recorded with their text.
+        let defaults = patch.defaults.as_ref().map(|d| d.record(true));
         self.store
             .append(
                 ctx,

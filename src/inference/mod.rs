@@ -31,6 +31,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::events::{decimal_text, ContentRecord, SamplingRecord, TimingsRecord};
+
 pub use gguf::{is_gguf, read_metadata, GgufMetadata};
 pub use models::LlamaEngine;
 pub use registry::{inspect_with_digest, remember_digest, scan_dir, ModelFile};
@@ -67,6 +69,11 @@ pub enum EngineError {
     #[error("invalid parameters: {0}")]
     InvalidParams(String),
 }
+
+/// Most stop strings one request may give, and their longest length in characters: the
+/// engine checks every stop string at every token.
+pub const MAX_STOP_STRINGS: usize = 8;
+pub const MAX_STOP_CHARS: usize = 64;
 
 /// How to pick each next token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,7 +134,65 @@ impl SamplingParams {
         if self.stop.iter().any(String::is_empty) {
             return bad("stop strings must not be empty");
         }
+        if self.stop.len() > MAX_STOP_STRINGS
+            || self.stop.iter().any(|s| s.chars().count() > MAX_STOP_CHARS)
+        {
+            return bad(&format!(
+                "stop takes at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_CHARS} characters each"
+            ));
+        }
         Ok(())
+    }
+
+    /// The field an error of [`SamplingParams::validate`] is about: every message starts
+    /// with its name.
+    pub fn invalid_field(message: &str) -> &'static str {
+        const FIELDS: [&str; 7] = [
+            "max_tokens",
+            "temperature",
+            "top_k",
+            "top_p",
+            "min_p",
+            "repeat_penalty",
+            "stop",
+        ];
+        let first = message.split(' ').next().unwrap_or_default();
+        FIELDS.into_iter().find(|f| *f == first).unwrap_or("params")
+    }
+}
+
+impl SamplingParams {
+    /// The parameters as events record them (no floats; stop strings as digests, with
+    /// their text when `record_content`).
+    pub fn record(&self, record_content: bool) -> SamplingRecord {
+        let decimal = |v: Option<f32>| v.map(decimal_text);
+        SamplingRecord {
+            max_tokens: self.max_tokens,
+            temperature: decimal_text(self.temperature),
+            top_k: self.top_k,
+            top_p: decimal(self.top_p),
+            min_p: decimal(self.min_p),
+            repeat_penalty: decimal(self.repeat_penalty),
+            seed: self.seed,
+            stop: self
+                .stop
+                .iter()
+                .map(|s| ContentRecord::new(s, record_content))
+                .collect(),
+        }
+    }
+}
+
+impl Timings {
+    /// The timings as events record them: whole microseconds, rate in thousandths.
+    pub fn record(&self) -> TimingsRecord {
+        let micros = |ms: f64| (ms * 1000.0).max(0.0).round() as u64;
+        TimingsRecord {
+            queue_us: micros(self.queue_ms),
+            prompt_us: micros(self.prompt_ms),
+            generate_us: micros(self.generate_ms),
+            tokens_per_second_milli: micros(self.tokens_per_second),
+        }
     }
 }
 

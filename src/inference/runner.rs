@@ -7,8 +7,6 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
-
 use super::catalog::{Catalog, CatalogError, ModelView};
 use super::{
     ChatMessage, Completion, Engine, EngineError, FinishReason, GenEvent, GenerateRequest, Prompt,
@@ -215,9 +213,10 @@ impl Runner {
             )));
         }
         let params = input.sampling.apply(model.defaults());
-        params
-            .validate()
-            .map_err(|e| invalid("params", e.to_string()))?;
+        params.validate().map_err(|e| match e {
+            EngineError::InvalidParams(m) => invalid(SamplingParams::invalid_field(&m), m),
+            other => invalid("params", other.to_string()),
+        })?;
         Ok(ValidInferenceRequest {
             job_id: uuid::Uuid::now_v7().to_string(),
             model,
@@ -243,7 +242,7 @@ impl Runner {
                 vec![Event::InferenceQueued(ev::InferenceQueued {
                     job_id: req.job_id.clone(),
                     model: model_id.clone(),
-                    params: serde_json::to_value(&req.params).unwrap_or(json!({})),
+                    params: req.params.record(self.record_content),
                     prompt: req.prompt_record.clone(),
                 })],
             )
@@ -273,7 +272,7 @@ impl Runner {
                 finish_reason: finish_name(c.finish_reason).into(),
                 prompt_tokens: c.prompt_tokens as u64,
                 completion_tokens: c.completion_tokens as u64,
-                timings: serde_json::to_value(c.timings).unwrap_or(json!({})),
+                timings: c.timings.record(),
                 output: ContentRecord::new(text, self.record_content),
             }),
             Err(e) => Event::InferenceFailed(ev::InferenceFailed {

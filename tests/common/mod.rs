@@ -206,6 +206,136 @@ impl TestServer {
     }
 }
 
+/// The test model (`INFERNO_TEST_MODEL`, else `models/` of the checkout).
+pub fn test_model_path() -> PathBuf {
+    let path = std::env::var("INFERNO_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/gemma-3-270m-q4_k_m.gguf")
+        });
+    assert!(
+        path.exists(),
+        "test model missing at {}: run ops/fetch-model.sh",
+        path.display()
+    );
+    path
+}
+
+/// The id the test model gets in [`link_test_model`]'s models dir.
+pub const TEST_MODEL_ID: &str = "gemma-3-270m-q4_k_m";
+
+/// Makes `dir` a models dir holding the test model (a symlink) as [`TEST_MODEL_ID`].
+pub fn link_test_model(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let link = dir.join(format!("{TEST_MODEL_ID}.gguf"));
+    if !link.exists() {
+        std::os::unix::fs::symlink(test_model_path(), link).unwrap();
+    }
+}
+
+/// A config edit for [`start_with`]: the test model in the server's models dir.
+pub fn with_test_model(cfg: &mut Config) {
+    link_test_model(&cfg.models.dir);
+}
+
+/// Runs one short greedy inference on the test model at `url` and returns its body, so
+/// that the log holds real inference events (timings, sampling parameters).
+pub async fn infer_once(client: &reqwest::Client, url: &str, token: &str) -> Value {
+    let r = client
+        .post(format!("{url}/api/v1/inference"))
+        .bearer_auth(token)
+        .json(&json!({
+            "model": TEST_MODEL_ID, "prompt": "The capital of France is", "max_tokens": 4,
+            "temperature": 0.7, "top_p": 0.95, "seed": 7, "stop": ["\n\n"],
+        }))
+        .send()
+        .await
+        .expect("inference request");
+    assert_eq!(r.status(), 200, "inference");
+    let body: Value = r.json().await.expect("inference body");
+    assert!(
+        body["usage"]["completion_tokens"].as_u64().unwrap() >= 1,
+        "{body}"
+    );
+    body
+}
+
+/// [`infer_once`] that returns the job id, or `None` when the server did not answer 200.
+pub async fn try_infer(client: &reqwest::Client, url: &str, token: &str) -> Option<String> {
+    let r = client
+        .post(format!("{url}/api/v1/inference"))
+        .bearer_auth(token)
+        .json(&json!({"model": TEST_MODEL_ID, "prompt": "Count to ten:", "max_tokens": 4}))
+        .send()
+        .await
+        .ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    let body: Value = r.json().await.ok()?;
+    body["id"].as_str().map(str::to_string)
+}
+
+impl TestServer {
+    /// [`infer_once`] on this server.
+    pub async fn infer_once(&self, token: &str) -> Value {
+        infer_once(&self.client, &self.url, token).await
+    }
+}
+
+/// The README's Python recipe for checking an export ("Verifying a hash yourself").
+pub fn readme_recipe() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let marker = "```python\n# verify_export.py";
+    let start = readme.find(marker).expect("the recipe is in the README") + "```python\n".len();
+    let end = start + readme[start..].find("```").expect("the recipe block ends");
+    readme[start..end].to_string()
+}
+
+/// Runs the README's recipe with `ndjson` (an export) on stdin: (exit success, output).
+pub fn run_readme_recipe(ndjson: &[u8]) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(readme_recipe())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = ndjson.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Paths in `v` that hold a JSON number that is not an integer.
+pub fn floats_in(v: &Value, path: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Number(n) if !(n.is_i64() || n.is_u64()) => out.push(format!("{path}={n}")),
+        Value::Array(items) => {
+            for (i, x) in items.iter().enumerate() {
+                floats_in(x, &format!("{path}[{i}]"), out);
+            }
+        }
+        Value::Object(m) => {
+            for (k, x) in m {
+                floats_in(x, &format!("{path}.{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Asserts the documented error body and returns it.
 pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(resp.status().as_u16(), status, "unexpected status");

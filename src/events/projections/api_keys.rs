@@ -1,0 +1,121 @@
+//! API keys (revoked and expired keys stay, for audit) and a per-user index.
+
+use super::*;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+pub const KS: &str = "api_keys";
+pub const KS_BY_USER: &str = "api_keys_by_user";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub permissions: Vec<String>,
+    pub secret_sha256: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub rotated_at: Option<DateTime<Utc>>,
+    pub rate_limit_per_minute: Option<u32>,
+}
+
+pub struct ApiKeysProjection;
+
+fn user_key(user_id: &str, key_id: &str) -> Vec<u8> {
+    let mut k = user_prefix(user_id);
+    k.extend_from_slice(key_id.as_bytes());
+    k
+}
+
+fn user_prefix(user_id: &str) -> Vec<u8> {
+    let mut k = user_id.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn revoke(tx: &mut ProjectionTx<'_>, key_id: &str, env: &Envelope) -> Result<(), EventError> {
+    if let Some(mut k) = tx.get_json::<ApiKeyRecord>(KS, key_id.as_bytes())? {
+        if k.revoked_at.is_none() {
+            k.revoked_at = Some(env.ts);
+            tx.put_json(KS, key_id.as_bytes(), &k)?;
+        }
+    }
+    Ok(())
+}
+
+impl Projection for ApiKeysProjection {
+    fn name(&self) -> &'static str {
+        "api_keys"
+    }
+    fn reads_payload(&self) -> bool {
+        false
+    }
+    fn keyspaces(&self) -> &'static [&'static str] {
+        &[KS, KS_BY_USER]
+    }
+    fn apply(
+        &self,
+        tx: &mut ProjectionTx<'_>,
+        env: &Envelope,
+        event: &Event,
+    ) -> Result<(), EventError> {
+        match event {
+            Event::ApiKeyCreated(e) => {
+                let k = ApiKeyRecord {
+                    id: e.key_id.clone(),
+                    user_id: e.user_id.clone(),
+                    name: e.name.clone(),
+                    permissions: e.permissions.clone(),
+                    secret_sha256: e.secret_sha256.clone(),
+                    created_at: env.ts,
+                    expires_at: e.expires_at,
+                    revoked_at: None,
+                    rotated_at: None,
+                    rate_limit_per_minute: e.rate_limit_per_minute,
+                };
+                tx.put_json(KS, e.key_id.as_bytes(), &k)?;
+                tx.put(KS_BY_USER, user_key(&e.user_id, &e.key_id), Vec::new())?;
+            }
+            Event::ApiKeyRevoked(e) => revoke(tx, &e.key_id, env)?,
+            Event::ApiKeyRotated(e) => {
+                if let Some(mut k) = tx.get_json::<ApiKeyRecord>(KS, e.key_id.as_bytes())? {
+                    k.secret_sha256 = e.secret_sha256.clone();
+                    k.rotated_at = Some(env.ts);
+                    tx.put_json(KS, e.key_id.as_bytes(), &k)?;
+                }
+            }
+            Event::UserDeleted(e) => {
+                let prefix = user_prefix(&e.user_id);
+                for (k, _) in tx.scan_prefix(KS_BY_USER, &prefix)? {
+                    let key_id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                    revoke(tx, &key_id, env)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+pub fn get(store: &EventStore, key_id: &str) -> Result<Option<ApiKeyRecord>, EventError> {
+    read_json(store, KS, key_id.as_bytes())
+}
+
+/// The user's keys (revoked ones included), ordered by key id.
+pub fn list_for_user(store: &EventStore, user_id: &str) -> Result<Vec<ApiKeyRecord>, EventError> {
+    let prefix = user_prefix(user_id);
+    let mut out = Vec::new();
+    for (k, _) in store.projection_scan(KS_BY_USER, &prefix)? {
+        let key_id = &k[prefix.len()..];
+        if let Some(rec) = read_json(store, KS, key_id)? {
+            out.push(rec);
+        }
+    }
+    Ok(out)
+}
+
+pub fn list(store: &EventStore) -> Result<Vec<ApiKeyRecord>, EventError> {
+    scan_json(store, KS, b"")
+}

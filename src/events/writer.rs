@@ -1,0 +1,275 @@
+//! The single writer: group commit, sealing (hashing over the stored bytes), projection
+//! updates in the same batch, one fsync per group.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use fjall::PersistMode;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::envelope::{Envelope, EventContext, GENESIS_HASH};
+use super::error::EventError;
+use super::projections::{Projection, ProjectionTx};
+use super::raw::RawEnvelope;
+use super::store::{
+    checkpoint_key, index_key, seq_key, to_unavailable, Handles, SharedHandles, SideWrite,
+    MAX_GROUP_EVENTS,
+};
+use super::types::Event;
+
+/// Encodes `env` as it will be stored and hashes it over those very bytes, the way
+/// verification will (see `raw.rs`): the stored form is written once, with a placeholder
+/// hash, and the hash is then filled in. An event whose encoding verification would refuse
+/// (nesting deeper than it reads) is refused here instead, so the log never holds an event
+/// that does not verify.
+fn seal(mut env: Envelope, buf: &mut Vec<u8>) -> Result<(Envelope, Vec<u8>), EventError> {
+    env.hash = GENESIS_HASH.to_string();
+    let mut bytes = env.to_stored_bytes();
+    let hash = RawEnvelope::parse(&bytes)
+        .map(|raw| raw.hash(buf))
+        .ok_or_else(|| {
+            EventError::Invalid(format!(
+                "a {} event cannot be stored in canonical form",
+                env.r#type
+            ))
+        })?;
+    // The stored form ends with `"hash":"<64 hex>"}`.
+    let end = bytes.len() - 2;
+    bytes[end - 64..end].copy_from_slice(&hash);
+    env.hash = String::from_utf8_lossy(&hash).into_owned();
+    Ok((env, bytes))
+}
+
+pub(super) struct AppendRequest {
+    pub(super) ctx: EventContext,
+    pub(super) events: Vec<Event>,
+    /// Side keyspace writes committed in the same batch as the events.
+    pub(super) side: Vec<SideWrite>,
+    pub(super) reply: oneshot::Sender<Result<Vec<Envelope>, EventError>>,
+}
+
+pub(super) enum WriterMsg {
+    Append(AppendRequest),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The single writer. Owns the head while running; publishes it after each commit.
+pub(super) struct Writer {
+    pub(super) data_dir: PathBuf,
+    pub(super) handles: SharedHandles,
+    pub(super) head: Arc<RwLock<(u64, String)>>,
+    pub(super) live: broadcast::Sender<Arc<Envelope>>,
+    pub(super) projections: Vec<Arc<dyn Projection>>,
+    pub(super) seq: u64,
+    pub(super) hash: String,
+    pub(super) last_ts: Option<DateTime<Utc>>,
+    pub(super) needs_reopen: bool,
+}
+
+impl Writer {
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
+        let mut shutdown = None;
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = Vec::new();
+            let mut n = 0;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    WriterMsg::Shutdown(ack) => {
+                        shutdown = Some(ack);
+                        break;
+                    }
+                    WriterMsg::Append(req) => {
+                        n += req.events.len();
+                        group.push(req);
+                    }
+                }
+                if n < MAX_GROUP_EVENTS {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !group.is_empty() {
+                self.commit_group(group);
+            }
+            if shutdown.is_some() {
+                break;
+            }
+        }
+        drop(self);
+        if let Some(ack) = shutdown {
+            let _ = ack.send(());
+        }
+    }
+
+    fn current_handles(&mut self) -> Result<Arc<Handles>, EventError> {
+        if self.needs_reopen {
+            self.reopen()?;
+        }
+        self.handles
+            .read()
+            .map_err(|_| to_unavailable("handles lock poisoned"))?
+            .clone()
+            .ok_or_else(|| to_unavailable("event store is closed"))
+    }
+
+    /// After a failed commit fjall is poisoned: close it and open it again, then reload
+    /// the head (a batch whose fsync failed may still have reached the journal).
+    fn reopen(&mut self) -> Result<(), EventError> {
+        let mut slot = self
+            .handles
+            .write()
+            .map_err(|_| to_unavailable("handles lock poisoned"))?;
+        slot.take();
+        let h = Handles::open(&self.data_dir, &self.projections).map_err(to_unavailable)?;
+        let (seq, hash, ts) = h.head().map_err(to_unavailable)?;
+        self.seq = seq;
+        self.hash = hash.clone();
+        self.last_ts = ts;
+        if let Ok(mut head) = self.head.write() {
+            *head = (seq, hash);
+        }
+        *slot = Some(Arc::new(h));
+        self.needs_reopen = false;
+        tracing::warn!(head = seq, "event store reopened after a failed commit");
+        Ok(())
+    }
+
+    fn next_ts(&mut self) -> DateTime<Utc> {
+        let now = Utc::now();
+        let now = now
+            .duration_trunc(TimeDelta::microseconds(1))
+            .unwrap_or(now);
+        // Keep ts non-decreasing in seq order so time filters can stop early.
+        let ts = self.last_ts.map_or(now, |last| last.max(now));
+        self.last_ts = Some(ts);
+        ts
+    }
+
+    fn commit_group(&mut self, group: Vec<AppendRequest>) {
+        let h = match self.current_handles() {
+            Ok(h) => h,
+            Err(e) => {
+                for req in group {
+                    let _ = req.reply.send(Err(to_unavailable(&e)));
+                }
+                return;
+            }
+        };
+        let (start_seq, start_hash, start_ts) = (self.seq, self.hash.clone(), self.last_ts);
+        let mut tx = ProjectionTx::new(&h.projection_ks);
+        let mut accepted: Vec<(oneshot::Sender<_>, Vec<Envelope>)> = Vec::new();
+        let mut batch = h.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut buf = Vec::with_capacity(1024);
+
+        for req in group {
+            let (seq0, hash0, ts0) = (self.seq, self.hash.clone(), self.last_ts);
+            let mut envs = Vec::with_capacity(req.events.len());
+            let mut side = Vec::with_capacity(req.side.len());
+            let mut result = req
+                .side
+                .iter()
+                .try_for_each(|w| h.side(&w.keyspace).map(|ks| side.push(ks)));
+            let mut stored = Vec::with_capacity(req.events.len());
+            for event in &req.events {
+                if result.is_err() {
+                    break;
+                }
+                let env = Envelope {
+                    seq: self.seq + 1,
+                    id: Uuid::now_v7(),
+                    ts: self.next_ts(),
+                    r#type: event.event_type().to_string(),
+                    version: event.event_version(),
+                    actor: req.ctx.actor.clone(),
+                    request_id: req.ctx.request_id.clone(),
+                    client_ip: req.ctx.client_ip.clone(),
+                    payload: event.payload_json(),
+                    prev_hash: std::mem::take(&mut self.hash),
+                    hash: String::new(),
+                };
+                let (env, bytes) = match seal(env, &mut buf) {
+                    Ok(sealed) => sealed,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                };
+                self.seq = env.seq;
+                self.hash = env.hash.clone();
+                for p in &self.projections {
+                    if let Err(e) = tx.apply(p.as_ref(), &env, event) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                envs.push(env);
+                stored.push(bytes);
+                if result.is_err() {
+                    break;
+                }
+            }
+            match result {
+                Ok(()) => {
+                    tx.commit_request();
+                    for (env, bytes) in envs.iter().zip(stored) {
+                        batch.insert(&h.events, seq_key(env.seq), bytes);
+                        batch.insert(&h.by_type, index_key(&env.r#type, env.seq), b"".to_vec());
+                        batch.insert(&h.by_actor, index_key(&env.actor.id, env.seq), b"".to_vec());
+                    }
+                    for (ks, w) in side.iter().zip(req.side) {
+                        match w.value {
+                            Some(v) => batch.insert(ks, w.key, v),
+                            None => batch.remove(ks, w.key),
+                        }
+                    }
+                    accepted.push((req.reply, envs));
+                }
+                Err(e) => {
+                    // This request is refused alone; the rest of the group goes on.
+                    tx.rollback_request();
+                    self.seq = seq0;
+                    self.hash = hash0;
+                    self.last_ts = ts0;
+                    let _ = req.reply.send(Err(e));
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        tx.drain_into(&mut batch);
+        for p in &self.projections {
+            batch.insert(
+                &h.meta,
+                checkpoint_key(p.name()),
+                seq_key(self.seq).to_vec(),
+            );
+        }
+        match batch.commit() {
+            Ok(()) => {
+                if let Ok(mut head) = self.head.write() {
+                    *head = (self.seq, self.hash.clone());
+                }
+                for (reply, envs) in accepted {
+                    for env in &envs {
+                        let _ = self.live.send(Arc::new(env.clone()));
+                    }
+                    let _ = reply.send(Ok(envs));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "event log commit failed; answering 503 and reopening");
+                self.seq = start_seq;
+                self.hash = start_hash;
+                self.last_ts = start_ts;
+                self.needs_reopen = true;
+                let msg = format!("event log commit failed: {e}");
+                for (reply, _) in accepted {
+                    let _ = reply.send(Err(EventError::Unavailable(msg.clone())));
+                }
+            }
+        }
+    }
+}
