@@ -10,6 +10,8 @@
 //!   callers talk to it through channels and never block a tokio runtime thread.
 //! - `text`: pure helpers the engine threads use on generated text (UTF-8 reassembly across
 //!   tokens, stop-string matching with hold-back).
+//! - `chat`: pure helpers that keep chat message content apart from the template text, so
+//!   only the template's own markers become control tokens.
 //! - [`gguf`]: pure-Rust reader of a GGUF file's header and metadata.
 //! - [`registry`]: the model files on disk (`*.gguf`), with a cached sha256 per file.
 //! - [`catalog`]: the model catalog: files joined with the `models` projection; upload,
@@ -17,6 +19,7 @@
 //! - [`runner`]: one inference request end to end, with its events.
 
 pub mod catalog;
+mod chat;
 pub mod gguf;
 mod llama;
 mod models;
@@ -161,6 +164,8 @@ pub enum Prompt {
     /// tokens, so a client cannot forge turn markers).
     Text(String),
     /// Rendered with the model's chat template, ending with the assistant's turn opener.
+    /// Only the template's own markers become control tokens: message content is plain text,
+    /// like [`Prompt::Text`].
     Chat(Vec<ChatMessage>),
 }
 
