@@ -51,6 +51,7 @@ static ENGINE: LazyLock<LlamaEngine> = LazyLock::new(|| {
         ctx_per_slot: 512,
         batch_size: 128,
         max_loaded: 2,
+        ..EngineConfig::default()
     })
 });
 

@@ -5,7 +5,8 @@
 //!
 //! 1. take new requests from its channel, tokenize them (prompt errors are reported at
 //!    once), and queue them FIFO;
-//! 2. drop cancelled requests, admit queued ones into free slots;
+//! 2. drop cancelled requests, admit queued ones into free slots, fail those still waiting
+//!    that waited longer than `max_wait` (from the model's load at the earliest);
 //! 3. build one batch: one token for every sequence that is generating, then prompt chunks of
 //!    sequences still reading their prompt, up to `batch_size` tokens in total (prompt
 //!    processing is mixed into the same step as generation, so a new request never stalls
@@ -40,7 +41,7 @@ use super::chat::{is_c_space, Markers, Piece};
 use super::models::{AliveGuard, Command, Counters, Job};
 use super::text::{StopFilter, Utf8Stream};
 use super::{
-    ChatMessage, Completion, EngineConfig, EngineError, FinishReason, GenEvent, Prompt,
+    BusyReason, ChatMessage, Completion, EngineConfig, EngineError, FinishReason, GenEvent, Prompt,
     SamplingParams, Timings,
 };
 
@@ -132,6 +133,7 @@ impl ModelThread {
             template,
             ctx,
             worker: &self,
+            ready: Instant::now(),
         };
         batcher.run();
         tracing::info!(model = %self.model_id, "model thread stopped");
@@ -272,6 +274,9 @@ struct Batcher<'a, 'm> {
     batch: LlamaBatch<'static>,
     slots: Vec<Option<Sequence>>,
     queue: VecDeque<Pending>,
+    /// When the model was loaded: slots exist from then on, so a request's wait for one is
+    /// counted from then at the earliest (loading is not waiting behind other requests).
+    ready: Instant,
 }
 
 impl Batcher<'_, '_> {
@@ -284,6 +289,7 @@ impl Batcher<'_, '_> {
             }
             self.drop_cancelled();
             self.admit();
+            self.expire_waiting();
             if self.slots.iter().any(Option::is_some) {
                 self.step();
             }
@@ -479,6 +485,28 @@ impl Batcher<'_, '_> {
             if self.slots[slot].as_ref().is_some_and(|s| s.job.cancelled()) {
                 self.finish(slot, FinishReason::Cancelled);
             }
+        }
+    }
+
+    /// Requests still waiting after `admit` (no slot is free) that have waited longer than
+    /// `max_wait` fail; the client is told to retry. The queue is in submission order, so
+    /// they are at its front.
+    fn expire_waiting(&mut self) {
+        let max_wait = self.worker.cfg.max_wait;
+        let ready = self.ready;
+        while self
+            .queue
+            .front()
+            .is_some_and(|p| p.job.submitted.max(ready).elapsed() > max_wait)
+        {
+            let Some(pending) = self.queue.pop_front() else {
+                return;
+            };
+            let reason = BusyReason::WaitedTooLong {
+                max_wait_secs: max_wait.as_secs(),
+            };
+            self.worker
+                .finish_error(&pending.job, EngineError::Busy(reason));
         }
     }
 

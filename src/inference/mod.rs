@@ -30,6 +30,7 @@ mod text;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -69,6 +70,21 @@ pub enum EngineError {
     /// Sampling parameters or prompt rejected before any work. → 400 `VALIDATION_ERROR`.
     #[error("invalid parameters: {0}")]
     InvalidParams(String),
+    /// The model's waiting list is full, or the request waited too long for a slot.
+    /// → 503 `SERVICE_UNAVAILABLE` with `Retry-After`.
+    #[error("model busy: {0}")]
+    Busy(BusyReason),
+}
+
+/// Why a model turned a request away ([`EngineError::Busy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BusyReason {
+    /// `max_waiting` requests already wait for a slot: refused at submit.
+    #[error("{max_waiting} requests are already waiting for a free slot")]
+    WaitingListFull { max_waiting: usize },
+    /// No slot became free within `max_wait`: the request left the waiting list.
+    #[error("no slot became free within {max_wait_secs} s")]
+    WaitedTooLong { max_wait_secs: u64 },
 }
 
 /// How to pick each next token.
@@ -311,6 +327,11 @@ pub struct EngineConfig {
     pub batch_size: u32,
     /// Models kept loaded at once.
     pub max_loaded: usize,
+    /// Requests per model that may wait for a free slot; one more fails at once with
+    /// [`BusyReason::WaitingListFull`]. Bounds the memory and the latency a burst can cause.
+    pub max_waiting: usize,
+    /// Longest a request waits for a slot before it fails with [`BusyReason::WaitedTooLong`].
+    pub max_wait: Duration,
 }
 
 impl Default for EngineConfig {
@@ -321,6 +342,8 @@ impl Default for EngineConfig {
             ctx_per_slot: 2048,
             batch_size: 512,
             max_loaded: 2,
+            max_waiting: 64,
+            max_wait: Duration::from_secs(300),
         }
     }
 }
