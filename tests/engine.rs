@@ -246,7 +246,6 @@ async fn cancel_stops_at_once_and_frees_the_slot() {
         .submit(&spec(), text("Tell me a long story.", greedy(400)))
         .expect("submit");
     let mut tokens = 0u32;
-    let mut cancelled_at = None;
     loop {
         match generation.next().await.expect("event") {
             GenEvent::Started { .. } => {}
@@ -254,15 +253,13 @@ async fn cancel_stops_at_once_and_frees_the_slot() {
                 tokens += 1;
                 if tokens == 3 {
                     generation.cancel();
-                    cancelled_at = Some(Instant::now());
                 }
             }
             GenEvent::Done(done) => {
                 assert_eq!(done.finish_reason, FinishReason::Cancelled);
                 // The engine may have run a few steps ahead of this task, but it stops at
-                // its next step: nowhere near the 400 tokens asked for.
-                let waited = cancelled_at.expect("cancelled").elapsed();
-                assert!(waited < Duration::from_secs(2), "Done after {waited:?}");
+                // its next step: nowhere near the 400 tokens asked for. (How long that takes
+                // is measured by `examples/engine_bench.rs`, "cancel latency".)
                 assert!(done.completion_tokens < 100, "{done:?}");
                 assert_eq!(done.completion_tokens, tokens, "every token was streamed");
                 break;
