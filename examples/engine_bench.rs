@@ -1,5 +1,6 @@
 //! In-process engine benchmark: single-request decode speed, aggregate throughput at 4 and 8
-//! concurrent requests, and time to first token.
+//! concurrent requests, time to first token, and cancel latency (from cancelling a running
+//! generation to its `Done`: at most about one decode step).
 //!
 //! usage: cargo run --example engine_bench -- [MODEL] [THREADS] [PARALLEL] [MAX_TOKENS] [PROMPTS_FILE] [ROUNDS] [MODE]
 //! defaults: models/gemma-3-270m-q4_k_m.gguf, all cores, 8, 64, the built-in prompts, 1, all
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use inferno::inference::{
-    Engine, EngineConfig, GenEvent, GenerateRequest, LlamaEngine, ModelSpec, Prompt,
+    Engine, EngineConfig, FinishReason, GenEvent, GenerateRequest, LlamaEngine, ModelSpec, Prompt,
     SamplingParams, Timings,
 };
 
@@ -181,6 +182,60 @@ async fn single(
     phase
 }
 
+/// Cancel latency: a long generation is cancelled after its third token; the time from the
+/// cancel to its `Done` (the engine stops at its next step), averaged over `rounds` runs.
+async fn cancel_latency(engine: &LlamaEngine, spec: &ModelSpec, rounds: usize) -> f64 {
+    let mut total_ms = 0.0;
+    let mut measured = 0u32;
+    let mut tokens_after = 0u32;
+    for _ in 0..rounds {
+        let params = SamplingParams {
+            max_tokens: 400,
+            temperature: 0.0,
+            ..SamplingParams::default()
+        };
+        let mut generation = engine
+            .submit(
+                spec,
+                GenerateRequest {
+                    prompt: Prompt::Text("Tell me a long story.".into()),
+                    params,
+                },
+            )
+            .expect("submit");
+        let mut tokens = 0;
+        let mut cancelled_at = None;
+        loop {
+            match generation.next().await.expect("event") {
+                GenEvent::Started { .. } => {}
+                GenEvent::Token(_) => {
+                    tokens += 1;
+                    if tokens == 3 {
+                        generation.cancel();
+                        cancelled_at = Some(Instant::now());
+                    }
+                }
+                GenEvent::Done(done) => {
+                    // A generation that ended on its own was not cancelled: not counted.
+                    if let (Some(t), FinishReason::Cancelled) = (cancelled_at, done.finish_reason) {
+                        total_ms += t.elapsed().as_secs_f64() * 1e3;
+                        tokens_after += done.completion_tokens.saturating_sub(3);
+                        measured += 1;
+                    }
+                    break;
+                }
+                GenEvent::Error(e) => panic!("generation failed: {e}"),
+            }
+        }
+    }
+    let mean_ms = total_ms / f64::from(measured.max(1));
+    println!(
+        "cancel latency: Done {mean_ms:.1} ms after cancel, {tokens_after} tokens generated after \
+         it in all (mean of {measured})"
+    );
+    mean_ms
+}
+
 /// `MODE stdin`: one phase per input line, until the end of input.
 async fn serve_phases(
     engine: &LlamaEngine,
@@ -270,6 +325,7 @@ async fn main() {
     let single = single(&engine, &spec, &prompts, max_tokens, rounds).await;
     let c4 = concurrent(&engine, &spec, &prompts, 4, max_tokens, rounds).await;
     let c8 = concurrent(&engine, &spec, &prompts, 8, max_tokens, rounds).await;
+    let cancel_ms = cancel_latency(&engine, &spec, rounds).await;
     let stats = engine.stats();
     println!(
         "decode steps {}, largest batch {} sequences, {} tokens generated",
@@ -282,6 +338,7 @@ async fn main() {
         "max_tokens": max_tokens,
         "rounds": rounds,
         "phases": [single.json(), c4.json(), c8.json()],
+        "cancel_latency_ms": cancel_ms,
         "decode_steps": stats.decode_steps,
         "max_batch_sequences": stats.max_batch_sequences,
     });

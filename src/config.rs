@@ -186,6 +186,11 @@ pub struct ModelsConfig {
     pub max_loaded: usize,
     /// Largest model upload, counted on the streamed bytes.
     pub max_upload_bytes: u64,
+    /// Requests per model that may wait for a free slot; beyond it a request fails at once
+    /// with 503 and Retry-After. 0 = none wait: only free slots take requests.
+    pub max_waiting: usize,
+    /// Longest a request waits for a free slot before it fails with 503 and Retry-After.
+    pub max_wait_secs: u64,
 }
 
 impl Default for ModelsConfig {
@@ -198,6 +203,8 @@ impl Default for ModelsConfig {
             ctx_per_slot: 2048,
             max_loaded: 2,
             max_upload_bytes: 32 * 1024 * 1024 * 1024,
+            max_waiting: 64,
+            max_wait_secs: 300,
         }
     }
 }
@@ -322,6 +329,11 @@ impl Config {
         if self.models.parallel == 0 {
             return Err(ConfigError::Invalid(
                 "models.parallel must be at least 1".into(),
+            ));
+        }
+        if self.models.max_wait_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "models.max_wait_secs must be at least 1".into(),
             ));
         }
         if self.server.max_body_bytes == 0 {

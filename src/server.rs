@@ -342,6 +342,8 @@ pub fn engine_config(config: &Config) -> EngineConfig {
         },
         ctx_per_slot: m.ctx_per_slot,
         max_loaded: m.max_loaded,
+        max_waiting: m.max_waiting,
+        max_wait: std::time::Duration::from_secs(m.max_wait_secs),
         ..EngineConfig::default()
     }
 }

@@ -591,3 +591,97 @@ async fn a_clean_tls_close_mid_request_cancels_it() {
         "the slot is freed after the TLS client closed"
     );
 }
+
+/// A GGUF header with one key whose value is arrays nested `depth` deep, one item each
+/// (llama.cpp reads one level; a reader that recurses per level overflows its stack).
+fn nested_arrays_gguf(depth: usize) -> Vec<u8> {
+    let mut b = gguf_header_one_key("evil", 9);
+    for _ in 1..depth {
+        b.extend_from_slice(&9u32.to_le_bytes()); // array of ...
+        b.extend_from_slice(&1u64.to_le_bytes()); // ... one item
+    }
+    b.extend_from_slice(&0u32.to_le_bytes()); // u8
+    b.extend_from_slice(&1u64.to_le_bytes());
+    b.push(7);
+    b
+}
+
+/// A GGUF header with one string key claiming 1 GiB, in a file of a few bytes.
+fn string_bomb_gguf() -> Vec<u8> {
+    let mut b = gguf_header_one_key("general.name", 8);
+    b.extend_from_slice(&(1u64 << 30).to_le_bytes());
+    b.extend_from_slice(b"short");
+    b
+}
+
+/// Magic, version 3, no tensors, one key/value: `key` of value type `t` (value follows).
+fn gguf_header_one_key(key: &str, t: u32) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&1u64.to_le_bytes());
+    b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    b.extend_from_slice(key.as_bytes());
+    b.extend_from_slice(&t.to_le_bytes());
+    b
+}
+
+#[tokio::test]
+async fn hostile_gguf_files_are_refused_and_the_server_keeps_serving() {
+    let evil = nested_arrays_gguf(100_000);
+    let dropped = evil.clone();
+    // Dropped into the models dir before start-up: skipped with a warning.
+    let (ts, token) = server_with(&[MODEL], move |c| {
+        std::fs::write(c.models.dir.join("dropped.gguf"), dropped).unwrap();
+    })
+    .await;
+    let list = |ts: &TestServer, token: &str| {
+        let r = ts
+            .client
+            .get(ts.at("/api/v1/models"))
+            .bearer_auth(token)
+            .send();
+        async move {
+            let models: Value = r.await.unwrap().json().await.unwrap();
+            models["models"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(&ts, &token).await, [MODEL]);
+
+    // Uploaded: 400, nothing registered or left behind.
+    let models_dir = ts.cfg.models.dir.clone();
+    for (body, why) in [(evil, "nested array"), (string_bomb_gguf(), "does not fit")] {
+        let r = ts
+            .client
+            .post(ts.at("/api/v1/models?name=evil"))
+            .bearer_auth(&token)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let body = expect_error(r, 400, "VALIDATION_ERROR").await;
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{body}");
+        assert_eq!(
+            files_in(&models_dir),
+            ["dropped.gguf".to_string(), format!("{MODEL}.gguf")]
+        );
+    }
+    assert_eq!(ts.events(&token, "model.registered").await.len(), 1);
+
+    // Still serving: the good model lists and runs.
+    assert_eq!(list(&ts, &token).await, [MODEL]);
+    let out = infer_ok(
+        &ts,
+        &token,
+        json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(out["usage"]["completion_tokens"], 2);
+}

@@ -16,7 +16,7 @@ use super::ApiTags;
 use crate::auth::perm;
 use crate::inference::catalog::{metadata_json, CatalogError, ModelPatch, ModelView};
 use crate::inference::runner::SamplingOverrides;
-use crate::inference::{EngineError, SamplingParams};
+use crate::inference::{BusyReason, EngineError, SamplingParams};
 use crate::paging::page;
 use crate::server::AppState;
 
@@ -41,6 +41,18 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidParams(why) => ApiError::validation(why),
             EngineError::Overloaded => {
                 ApiError::unavailable("all loaded models are busy; retry shortly", 2)
+            }
+            EngineError::Busy(reason) => {
+                let details = match reason {
+                    BusyReason::WaitingListFull { max_waiting } => {
+                        json!({"reason": "waiting_list_full", "max_waiting": max_waiting})
+                    }
+                    BusyReason::WaitedTooLong { max_wait_secs } => {
+                        json!({"reason": "wait_timeout", "max_wait_secs": max_wait_secs})
+                    }
+                };
+                ApiError::unavailable(format!("model busy: {reason}; retry shortly"), 2)
+                    .with_details(details)
             }
             e @ (EngineError::Load(_) | EngineError::Internal(_)) => ApiError::internal(e),
         }

@@ -4,6 +4,11 @@
 //!
 //! Format: magic `GGUF`, u32 version (2 or 3), u64 tensor count, u64 key/value count, the
 //! key/values, then one info record per tensor. All little-endian.
+//!
+//! Model files come from clients (uploads), so the reader assumes a hostile file: every
+//! declared length or count is checked against the bytes left in the file before anything
+//! is allocated or skipped, arrays of arrays are refused (llama.cpp reads one level only),
+//! and nothing recurses on the input, so no file can exhaust the stack or the memory.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read};
@@ -14,10 +19,18 @@ use serde::{Deserialize, Serialize};
 use super::EngineError;
 
 const MAGIC: &[u8; 4] = b"GGUF";
-/// Guards against absurd lengths in a corrupt or hostile file.
+/// Guards against absurd lengths in a corrupt or hostile file (on top of the file-size
+/// bound, which alone would allow a multi-GiB string in a multi-GiB file).
 const MAX_STRING: u64 = 64 << 20;
 const MAX_COUNT: u64 = 1 << 24;
 const MAX_DIMS: u32 = 8;
+/// The fewest bytes one key/value can take: key length (u64), value type (u32), a u8.
+const MIN_KV_BYTES: u64 = 8 + 4 + 1;
+/// The fewest bytes one tensor info can take: name length (u64), dimension count (u32),
+/// tensor type (u32), data offset (u64).
+const MIN_TENSOR_BYTES: u64 = 8 + 4 + 4 + 8;
+/// The fewest bytes one string takes: its u64 length.
+const MIN_STRING_BYTES: u64 = 8;
 
 /// True when the bytes start with the GGUF magic.
 pub fn is_gguf(first_bytes: &[u8]) -> bool {
@@ -50,7 +63,11 @@ pub fn read_metadata(path: impl AsRef<Path>) -> Result<GgufMetadata, EngineError
         io::ErrorKind::NotFound => EngineError::ModelNotFound(path.display().to_string()),
         _ => EngineError::Internal(format!("open {}: {e}", path.display())),
     })?;
-    parse(BufReader::with_capacity(256 << 10, file)).map_err(|e| match e {
+    let len = file
+        .metadata()
+        .map_err(|e| EngineError::Internal(format!("stat {}: {e}", path.display())))?
+        .len();
+    parse(BufReader::with_capacity(256 << 10, file), len).map_err(|e| match e {
         ParseError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             EngineError::InvalidModel(format!("{}: truncated GGUF header", path.display()))
         }
@@ -103,13 +120,29 @@ enum Value {
 
 struct Reader<R> {
     inner: R,
+    /// Bytes of the file not read yet: the bound on every declared length.
+    left: u64,
 }
 
 impl<R: Read> Reader<R> {
     fn bytes<const N: usize>(&mut self) -> Result2<[u8; N]> {
         let mut buf = [0u8; N];
         self.inner.read_exact(&mut buf)?;
+        self.left = self.left.saturating_sub(N as u64);
         Ok(buf)
+    }
+
+    /// Refuses a declared size (`what` takes `n` bytes) that the rest of the file cannot
+    /// hold, before anything is allocated or skipped.
+    fn fits(&self, n: Option<u64>, what: impl FnOnce() -> String) -> Result2<u64> {
+        match n {
+            Some(n) if n <= self.left => Ok(n),
+            _ => invalid(format!(
+                "{} does not fit in the {} bytes left in the file",
+                what(),
+                self.left
+            )),
+        }
     }
 
     fn u32(&mut self) -> Result2<u32> {
@@ -120,19 +153,22 @@ impl<R: Read> Reader<R> {
         Ok(u64::from_le_bytes(self.bytes()?))
     }
 
-    /// Skips `n` bytes without buffering them all.
+    /// Skips `n` bytes (already checked against the file size) without buffering them.
     fn skip(&mut self, n: u64) -> Result2<()> {
         let copied = io::copy(&mut (&mut self.inner).take(n), &mut io::sink())?;
+        self.left = self.left.saturating_sub(copied);
         if copied != n {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
         Ok(())
     }
 
+    /// A string's declared length, checked against the limit and the bytes left.
     fn string_len(&mut self) -> Result2<u64> {
         let len = self.u64()?;
+        self.fits(Some(len), || format!("string of {len} bytes"))?;
         if len > MAX_STRING {
-            return invalid(format!("string of {len} bytes"));
+            return invalid(format!("string of {len} bytes is implausible"));
         }
         Ok(len)
     }
@@ -141,21 +177,26 @@ impl<R: Read> Reader<R> {
         let len = self.string_len()?;
         let mut buf = Vec::with_capacity(len as usize);
         (&mut self.inner).take(len).read_to_end(&mut buf)?;
+        self.left = self.left.saturating_sub(buf.len() as u64);
         if buf.len() as u64 != len {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
         String::from_utf8(buf).or_else(|_| invalid("string is not UTF-8"))
     }
 
-    fn count(&mut self, what: &str) -> Result2<u64> {
+    /// A count of records that take at least `min_bytes` each, checked against the limit
+    /// and the bytes left.
+    fn count(&mut self, what: &str, min_bytes: u64) -> Result2<u64> {
         let n = self.u64()?;
+        self.fits(n.checked_mul(min_bytes), || format!("{what} count {n}"))?;
         if n > MAX_COUNT {
             return invalid(format!("{what} count {n} is implausible"));
         }
         Ok(n)
     }
 
-    /// Reads a value of type `t`; strings are kept only when `keep_str`.
+    /// Reads a value of type `t`; strings are kept only when `keep_str`. Never recurses:
+    /// an array's items are scalars or strings, skipped in a loop.
     fn value(&mut self, t: u32, keep_str: bool) -> Result2<Value> {
         Ok(match t {
             ty::U8 => Value::Int(self.bytes::<1>()?[0].into()),
@@ -167,7 +208,8 @@ impl<R: Read> Reader<R> {
             ty::U64 => Value::Int(self.u64()?.into()),
             ty::I64 => Value::Int(i64::from_le_bytes(self.bytes()?).into()),
             ty::F32 | ty::BOOL | ty::F64 => {
-                self.skip(scalar_size(t).unwrap_or(0))?;
+                let size = self.fits(scalar_size(t), || "a scalar".into())?;
+                self.skip(size)?;
                 Value::Other
             }
             ty::STRING if keep_str => Value::Str(self.string()?),
@@ -184,16 +226,33 @@ impl<R: Read> Reader<R> {
         })
     }
 
+    /// Skips an array of scalars or strings. Arrays of arrays are refused, as llama.cpp
+    /// refuses them: skipping them would need a stack (or recursion) as deep as the file
+    /// says.
     fn skip_array(&mut self) -> Result2<()> {
         let item = self.u32()?;
-        let len = self.count("array")?;
-        if let Some(size) = scalar_size(item) {
-            return self.skip(size * len);
+        match item {
+            ty::ARRAY => invalid("nested array (an array of arrays)"),
+            ty::STRING => {
+                let len = self.count("string array", MIN_STRING_BYTES)?;
+                for _ in 0..len {
+                    let n = self.string_len()?;
+                    self.skip(n)?;
+                }
+                Ok(())
+            }
+            _ => {
+                let Some(size) = scalar_size(item) else {
+                    return invalid(format!("array of unknown value type {item}"));
+                };
+                // Skipped as one run of bytes: the file size is the only bound needed.
+                let len = self.u64()?;
+                let bytes = self.fits(len.checked_mul(size), || {
+                    format!("array of {len} {size}-byte items")
+                })?;
+                self.skip(bytes)
+            }
         }
-        for _ in 0..len {
-            self.value(item, false)?;
-        }
-        Ok(())
     }
 }
 
@@ -207,8 +266,9 @@ fn scalar_size(t: u32) -> Option<u64> {
     })
 }
 
-fn parse(inner: impl Read) -> Result2<GgufMetadata> {
-    let mut r = Reader { inner };
+/// Parses the header of a file of `len` bytes read from `inner`.
+fn parse(inner: impl Read, len: u64) -> Result2<GgufMetadata> {
+    let mut r = Reader { inner, left: len };
     if &r.bytes::<4>()? != MAGIC {
         return invalid("not a GGUF file (bad magic)");
     }
@@ -216,8 +276,8 @@ fn parse(inner: impl Read) -> Result2<GgufMetadata> {
     if !(2..=3).contains(&version) {
         return invalid(format!("unsupported GGUF version {version}"));
     }
-    let tensor_count = r.count("tensor")?;
-    let kv_count = r.count("key/value")?;
+    let tensor_count = r.count("tensor", MIN_TENSOR_BYTES)?;
+    let kv_count = r.count("key/value", MIN_KV_BYTES)?;
 
     let mut meta = GgufMetadata::default();
     let mut file_type = None;
@@ -230,7 +290,11 @@ fn parse(inner: impl Read) -> Result2<GgufMetadata> {
             key.as_str(),
             "general.architecture" | "general.name" | "tokenizer.chat_template"
         );
-        match (key.as_str(), r.value(t, wanted)?) {
+        let value = r.value(t, wanted).map_err(|e| match e {
+            ParseError::Invalid(m) => ParseError::Invalid(format!("key {:?}: {m}", short(&key))),
+            io => io,
+        })?;
+        match (key.as_str(), value) {
             ("general.architecture", Value::Str(s)) => meta.architecture = Some(s),
             ("general.name", Value::Str(s)) => meta.name = Some(s),
             ("tokenizer.chat_template", Value::Str(s)) => meta.chat_template = Some(s),
@@ -273,6 +337,14 @@ fn parse(inner: impl Read) -> Result2<GgufMetadata> {
         meta.parameter_count = Some(total);
     }
     Ok(meta)
+}
+
+/// A key as quoted in an error message: the file chooses it, so at most 64 characters.
+fn short(key: &str) -> String {
+    match key.char_indices().nth(64) {
+        Some((end, _)) => format!("{}...", &key[..end]),
+        None => key.to_owned(),
+    }
 }
 
 /// llama.cpp's `llama_ftype` names (`general.file_type`).
@@ -371,9 +443,57 @@ mod tests {
         b
     }
 
+    fn parse_bytes(b: &[u8]) -> Result2<GgufMetadata> {
+        parse(b, b.len() as u64)
+    }
+
+    /// A GGUF header without tensors: magic, version, counts (24 bytes).
+    fn header(kv_count: u64) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"GGUF");
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&kv_count.to_le_bytes());
+        b
+    }
+
+    /// A GGUF header with one key/value: `key`, of type `t`, then `value` (raw bytes).
+    fn kv(key: &str, t: u32, value: &[u8]) -> Vec<u8> {
+        let mut b = header(1);
+        put_str(&mut b, key);
+        b.extend_from_slice(&t.to_le_bytes());
+        b.extend_from_slice(value);
+        b
+    }
+
+    fn one_kv(t: u32, value: &[u8]) -> Vec<u8> {
+        kv("evil", t, value)
+    }
+
+    /// The message of an `Invalid` error; panics on anything else.
+    fn invalid_message(result: Result2<GgufMetadata>) -> String {
+        match result {
+            Err(ParseError::Invalid(m)) => m,
+            other => panic!("expected an invalid-file error, got {other:?}"),
+        }
+    }
+
+    /// Arrays nested `depth` deep, one item each, around one u8.
+    fn nested_arrays(depth: usize) -> Vec<u8> {
+        let mut value = Vec::with_capacity(depth * 12 + 16);
+        for _ in 1..depth {
+            value.extend_from_slice(&ty::ARRAY.to_le_bytes());
+            value.extend_from_slice(&1u64.to_le_bytes());
+        }
+        value.extend_from_slice(&ty::U8.to_le_bytes());
+        value.extend_from_slice(&1u64.to_le_bytes());
+        value.push(7);
+        one_kv(ty::ARRAY, &value)
+    }
+
     #[test]
     fn parses_synthetic_header() {
-        let m = parse(&sample(false)[..]).unwrap();
+        let m = parse_bytes(&sample(false)).unwrap();
         assert_eq!(m.architecture.as_deref(), Some("tiny"));
         assert_eq!(m.context_length, Some(4096));
         assert_eq!(m.quantization.as_deref(), Some("Q4_K_M"));
@@ -383,22 +503,123 @@ mod tests {
 
     #[test]
     fn prefers_declared_parameter_count() {
-        let m = parse(&sample(true)[..]).unwrap();
+        let m = parse_bytes(&sample(true)).unwrap();
         assert_eq!(m.parameter_count, Some(999));
     }
 
     #[test]
     fn rejects_bad_magic_version_and_truncation() {
         assert!(matches!(
-            parse(&b"GGML\x03\0\0\0"[..]),
+            parse_bytes(b"GGML\x03\0\0\0"),
             Err(ParseError::Invalid(_))
         ));
         let mut v1 = sample(false);
         v1[4] = 1;
-        assert!(matches!(parse(&v1[..]), Err(ParseError::Invalid(_))));
+        assert!(matches!(parse_bytes(&v1), Err(ParseError::Invalid(_))));
         let full = sample(false);
-        assert!(matches!(parse(&full[..40]), Err(ParseError::Io(_))));
+        // Cut after the counts: the two tensors and five keys no longer fit.
+        let m = invalid_message(parse_bytes(&full[..30]));
+        assert!(
+            m.contains("tensor count 2 does not fit in the 14 bytes left"),
+            "{m}"
+        );
+        // Shorter than its size said (shrunk while being read): truncated.
+        let len = full.len() as u64;
+        assert!(matches!(parse(&full[..40], len), Err(ParseError::Io(_))));
         assert!(is_gguf(&full));
         assert!(!is_gguf(b"GGU"));
+    }
+
+    #[test]
+    fn one_level_arrays_still_parse() {
+        let mut strings = ty::STRING.to_le_bytes().to_vec();
+        strings.extend_from_slice(&2u64.to_le_bytes());
+        put_str(&mut strings, "a");
+        put_str(&mut strings, "bc");
+        assert!(parse_bytes(&one_kv(ty::ARRAY, &strings)).is_ok());
+        assert!(parse_bytes(&nested_arrays(1)).is_ok());
+    }
+
+    #[test]
+    fn refuses_nested_arrays_without_recursing() {
+        let file = nested_arrays(100_000);
+        assert!(file.len() > 1_000_000);
+        // A small stack: parsing must not grow with the nesting the file declares.
+        let m = std::thread::Builder::new()
+            .stack_size(64 << 10)
+            .spawn(move || invalid_message(parse_bytes(&file)))
+            .unwrap()
+            .join()
+            .expect("parsing a deeply nested file does not crash");
+        assert!(m.contains("nested array"), "{m}");
+        assert!(m.contains("\"evil\""), "the message names the key: {m}");
+        let m = invalid_message(parse_bytes(&nested_arrays(2)));
+        assert!(m.contains("nested array"), "{m}");
+    }
+
+    #[test]
+    fn refuses_arrays_longer_than_the_file() {
+        for item in [ty::U8, ty::U32, ty::F64, ty::STRING] {
+            let mut value = item.to_le_bytes().to_vec();
+            value.extend_from_slice(&(1u64 << 40).to_le_bytes());
+            value.extend_from_slice(&[0u8; 64]);
+            let m = invalid_message(parse_bytes(&one_kv(ty::ARRAY, &value)));
+            assert!(
+                m.contains("does not fit in the 64 bytes left"),
+                "{item}: {m}"
+            );
+        }
+        // Within MAX_COUNT but still more than the file holds.
+        let mut value = ty::U64.to_le_bytes().to_vec();
+        value.extend_from_slice(&1000u64.to_le_bytes());
+        value.extend_from_slice(&[0u8; 800]);
+        let m = invalid_message(parse_bytes(&one_kv(ty::ARRAY, &value)));
+        assert!(m.contains("array of 1000 8-byte items"), "{m}");
+    }
+
+    #[test]
+    fn refuses_strings_longer_than_the_file() {
+        // A kept string (allocated if believed) and a skipped one.
+        for key in ["general.name", "evil"] {
+            let mut value = (1u64 << 20).to_le_bytes().to_vec();
+            value.extend_from_slice(b"short");
+            let m = invalid_message(parse_bytes(&kv(key, ty::STRING, &value)));
+            assert!(
+                m.contains("string of 1048576 bytes does not fit in the 5 bytes left"),
+                "{m}"
+            );
+        }
+        // A key whose own declared length is larger than the file.
+        let mut b = header(1);
+        b.extend_from_slice(&(1u64 << 20).to_le_bytes());
+        b.extend_from_slice(&[b'k'; 20]);
+        let m = invalid_message(parse_bytes(&b));
+        assert!(
+            m.contains("string of 1048576 bytes does not fit in the 20 bytes left"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn refuses_counts_larger_than_the_file() {
+        let mut b = one_kv(ty::U8, &[1]);
+        b[16..24].copy_from_slice(&1000u64.to_le_bytes()); // key/values
+        let m = invalid_message(parse_bytes(&b));
+        assert!(m.contains("key/value count 1000 does not fit"), "{m}");
+        let mut b = one_kv(ty::U8, &[1]);
+        b[8..16].copy_from_slice(&1000u64.to_le_bytes()); // tensors
+        let m = invalid_message(parse_bytes(&b));
+        assert!(m.contains("tensor count 1000 does not fit"), "{m}");
+    }
+
+    #[test]
+    fn read_metadata_reports_hostile_files_as_invalid_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("evil.gguf");
+        std::fs::write(&path, nested_arrays(100_000)).unwrap();
+        match read_metadata(&path) {
+            Err(EngineError::InvalidModel(m)) => assert!(m.contains("nested array"), "{m}"),
+            other => panic!("expected InvalidModel, got {other:?}"),
+        }
     }
 }

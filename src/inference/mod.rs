@@ -10,6 +10,8 @@
 //!   callers talk to it through channels and never block a tokio runtime thread.
 //! - `text`: pure helpers the engine threads use on generated text (UTF-8 reassembly across
 //!   tokens, stop-string matching with hold-back).
+//! - `chat`: pure helpers that keep chat message content apart from the template text, so
+//!   only the template's own markers become control tokens.
 //! - [`gguf`]: pure-Rust reader of a GGUF file's header and metadata.
 //! - [`registry`]: the model files on disk (`*.gguf`), with a cached sha256 per file.
 //! - [`catalog`]: the model catalog: files joined with the `models` projection; upload,
@@ -17,6 +19,7 @@
 //! - [`runner`]: one inference request end to end, with its events.
 
 pub mod catalog;
+mod chat;
 pub mod gguf;
 mod llama;
 mod models;
@@ -27,6 +30,7 @@ mod text;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -68,6 +72,21 @@ pub enum EngineError {
     /// Sampling parameters or prompt rejected before any work. → 400 `VALIDATION_ERROR`.
     #[error("invalid parameters: {0}")]
     InvalidParams(String),
+    /// The model's waiting list is full, or the request waited too long for a slot.
+    /// → 503 `SERVICE_UNAVAILABLE` with `Retry-After`.
+    #[error("model busy: {0}")]
+    Busy(BusyReason),
+}
+
+/// Why a model turned a request away ([`EngineError::Busy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BusyReason {
+    /// `max_waiting` requests already wait for a slot: refused at submit.
+    #[error("{max_waiting} requests are already waiting for a free slot")]
+    WaitingListFull { max_waiting: usize },
+    /// No slot became free within `max_wait`: the request left the waiting list.
+    #[error("no slot became free within {max_wait_secs} s")]
+    WaitedTooLong { max_wait_secs: u64 },
 }
 
 /// Most stop strings one request may give, and their longest length in characters: the
@@ -226,6 +245,8 @@ pub enum Prompt {
     /// tokens, so a client cannot forge turn markers).
     Text(String),
     /// Rendered with the model's chat template, ending with the assistant's turn opener.
+    /// Only the template's own markers become control tokens: message content is plain text,
+    /// like [`Prompt::Text`].
     Chat(Vec<ChatMessage>),
 }
 
@@ -371,6 +392,11 @@ pub struct EngineConfig {
     pub batch_size: u32,
     /// Models kept loaded at once.
     pub max_loaded: usize,
+    /// Requests per model that may wait for a free slot; one more fails at once with
+    /// [`BusyReason::WaitingListFull`]. Bounds the memory and the latency a burst can cause.
+    pub max_waiting: usize,
+    /// Longest a request waits for a slot before it fails with [`BusyReason::WaitedTooLong`].
+    pub max_wait: Duration,
 }
 
 impl Default for EngineConfig {
@@ -381,6 +407,8 @@ impl Default for EngineConfig {
             ctx_per_slot: 2048,
             batch_size: 512,
             max_loaded: 2,
+            max_waiting: 64,
+            max_wait: Duration::from_secs(300),
         }
     }
 }

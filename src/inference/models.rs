@@ -15,8 +15,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::llama::{spawn_model_thread, ModelThread};
 use super::{
-    CancelHandle, Engine, EngineConfig, EngineError, EngineStats, GenEvent, GenerateRequest,
-    Generation, ModelSpec, Prompt, SamplingParams,
+    BusyReason, CancelHandle, Engine, EngineConfig, EngineError, EngineStats, GenEvent,
+    GenerateRequest, Generation, ModelSpec, Prompt, SamplingParams,
 };
 
 /// The [`Engine`] backed by llama.cpp. Cheap to share behind an `Arc`.
@@ -88,6 +88,8 @@ impl LlamaEngine {
             ctx_per_slot: cfg.ctx_per_slot.max(16),
             batch_size: cfg.batch_size.max(1),
             max_loaded: cfg.max_loaded.max(1),
+            max_waiting: cfg.max_waiting,
+            max_wait: cfg.max_wait,
         };
         Self {
             cfg,
@@ -174,6 +176,16 @@ impl Engine for LlamaEngine {
             .get_mut(&model.id)
             .ok_or_else(|| EngineError::Internal("model handle vanished".into()))?;
         handle.last_used = tick;
+        // Requests beyond the free slots wait; at most `max_waiting` of them. Counted on
+        // everything queued or running (`submit` holds the lock, so no two callers race for
+        // the last place): requests still on their way to a free slot do not count as
+        // waiting once they reach it.
+        let admitted = self.cfg.parallel.saturating_add(self.cfg.max_waiting);
+        if handle.requests.load(Ordering::Acquire) >= admitted {
+            return Err(EngineError::Busy(BusyReason::WaitingListFull {
+                max_waiting: self.cfg.max_waiting,
+            }));
+        }
 
         let (generation, events, cancel) = Generation::channel();
         handle.requests.fetch_add(1, Ordering::AcqRel);
