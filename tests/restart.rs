@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 /// The request bodies of the run: greedy and sampled, prompts and chat, stop strings.
 fn body(i: usize) -> Value {
     let mut b = json!({"model": common::TEST_MODEL_ID, "max_tokens": 1 + i % 6});
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         b["messages"] = json!([{"role": "user", "content": format!("Name a colour ({i}).")}]);
     } else {
         b["prompt"] = json!(format!("Question {i}: the capital of France is"));
