@@ -34,6 +34,8 @@ pub(crate) fn fold_log(
     let mut last = after;
     let flush = |tx: &mut ProjectionTx<'_>, last: u64| -> Result<(), EventError> {
         let mut batch = h.db.batch();
+        // No record cache to invalidate: folds run at open, before anything is cached, or
+        // offline (replay).
         tx.drain_into(&mut batch);
         if let Some(cps) = checkpoints {
             for (p, cp) in projections.iter().zip(cps) {

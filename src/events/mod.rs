@@ -18,12 +18,14 @@
 //! | `writer.rs` | the single writer: group commit + fsync, hashing over the stored bytes |
 //! | `verify.rs` | chain verification over the stored bytes, [`VerifyReport`] |
 //! | `fold.rs` | folding the log into projections (start-up catch-up, replay) |
+//! | `cache.rs` | decoded projection records, invalidated by the writer after each commit |
 //! | `projections.rs` | the [`Projection`] trait, [`ProjectionTx`], the concrete read models and their read helpers |
 //! | `admin.rs` | offline `verify_dir`, `export`, `replay` for the CLI (server stopped) |
 //! | `migrate.rs` | numbered storage-layout migrations (described in `migrations/`) |
 //! | `error.rs` | [`EventError`], and how each variant reaches a client |
 
 pub mod admin;
+mod cache;
 mod envelope;
 mod error;
 mod fold;

@@ -10,6 +10,7 @@
 //! group (fjall refuses writes after a failed journal write), so the server recovers when
 //! the disk does. Verification is in `verify.rs`, catch-up and replay folds in `fold.rs`.
 
+use super::cache::RecordCache;
 use super::envelope::{Envelope, EventContext, GENESIS_HASH};
 use super::error::EventError;
 use super::fold::fold_log;
@@ -315,6 +316,8 @@ struct Inner {
     /// Set when opened with `allow_broken_tail` on a chain broken at this seq: nothing is
     /// ever chained onto it.
     read_only: Option<u64>,
+    /// Decoded projection records, invalidated by the writer after each commit.
+    cache: Arc<RecordCache>,
 }
 
 /// Handle to the event log. Cheap to clone; all clones share one writer.
@@ -395,7 +398,9 @@ impl EventStore {
         let head = Arc::new(RwLock::new((head_seq, head_hash.clone())));
         let (tx, rx) = mpsc::channel(8192);
         let (live, _) = broadcast::channel(4096);
+        let cache = Arc::new(RecordCache::default());
         let writer = Writer {
+            cache: cache.clone(),
             data_dir: data_dir.to_path_buf(),
             handles: handles.clone(),
             head: head.clone(),
@@ -419,6 +424,7 @@ impl EventStore {
                 lock: Mutex::new(Some(lock)),
                 projections,
                 read_only,
+                cache,
             }),
         })
     }
@@ -481,6 +487,10 @@ impl EventStore {
             .map_err(|_| to_unavailable("event writer stopped"))?;
         rx.await
             .map_err(|_| to_unavailable("event writer stopped"))?
+    }
+
+    pub(crate) fn record_cache(&self) -> &RecordCache {
+        &self.inner.cache
     }
 
     /// Whether the store was opened read-only on a broken chain (`allow_broken_tail`).

@@ -9,6 +9,7 @@ use fjall::PersistMode;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
+use super::cache::RecordCache;
 use super::envelope::{Envelope, EventContext, GENESIS_HASH};
 use super::error::EventError;
 use super::projections::{Projection, ProjectionTx};
@@ -57,6 +58,8 @@ pub(super) enum WriterMsg {
 
 /// The single writer. Owns the head while running; publishes it after each commit.
 pub(super) struct Writer {
+    /// Invalidated after each commit.
+    pub(super) cache: Arc<RecordCache>,
     pub(super) data_dir: PathBuf,
     pub(super) handles: SharedHandles,
     pub(super) head: Arc<RwLock<(u64, String)>>,
@@ -239,7 +242,7 @@ impl Writer {
         if accepted.is_empty() {
             return;
         }
-        tx.drain_into(&mut batch);
+        let written = tx.drain_into(&mut batch);
         for p in &self.projections {
             batch.insert(
                 &h.meta,
@@ -249,6 +252,10 @@ impl Writer {
         }
         match batch.commit() {
             Ok(()) => {
+                // Before anyone is answered, so a request that depends on this commit never
+                // reads a cached record from before it.
+                self.cache
+                    .invalidate(written.iter().map(|(ks, key)| (*ks, key.as_slice())));
                 if let Ok(mut head) = self.head.write() {
                     *head = (self.seq, self.hash.clone());
                 }

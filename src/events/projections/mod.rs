@@ -104,20 +104,26 @@ impl<'a> ProjectionTx<'a> {
         self.pending.clear();
     }
 
-    /// Moves the group's writes into `batch`.
-    pub(crate) fn drain_into(&mut self, batch: &mut fjall::OwnedWriteBatch) {
-        for (ks, writes) in std::mem::take(&mut self.group) {
+    /// Moves the group's writes into `batch`; returns the (logical keyspace, key) of each.
+    pub(crate) fn drain_into(
+        &mut self,
+        batch: &mut fjall::OwnedWriteBatch,
+    ) -> Vec<(&'static str, Vec<u8>)> {
+        let mut written = Vec::new();
+        for (name, writes) in std::mem::take(&mut self.group) {
             // Keyspace names were checked when staged.
-            let Some(ks) = self.keyspaces.get(ks) else {
+            let Some(ks) = self.keyspaces.get(name) else {
                 continue;
             };
             for (key, value) in writes {
+                written.push((name, key.clone()));
                 match value {
                     Some(v) => batch.insert(ks, key, v),
                     None => batch.remove(ks, key),
                 }
             }
         }
+        written
     }
 
     /// The owning projection's name for `ks` and its open keyspace.
@@ -237,17 +243,26 @@ pub fn default_projections() -> Vec<Arc<dyn Projection>> {
     ]
 }
 
-fn read_json<T: DeserializeOwned>(
+/// One record, decoded, through the store's [`RecordCache`](super::cache::RecordCache).
+fn read_json<T: DeserializeOwned + Clone + Send + Sync + 'static>(
     store: &EventStore,
     ks: &str,
     key: &[u8],
 ) -> Result<Option<T>, EventError> {
-    match store.projection_get(ks, key)? {
-        None => Ok(None),
-        Some(v) => serde_json::from_slice(&v)
-            .map(Some)
-            .map_err(|e| EventError::decode(format!("{ks} record"), e)),
+    let cache = store.record_cache();
+    if let Some(hit) = cache.get::<T>(ks, key) {
+        return Ok(hit);
     }
+    let generation = cache.generation();
+    let record: Option<T> = match store.projection_get(ks, key)? {
+        None => None,
+        Some(v) => Some(
+            serde_json::from_slice(&v)
+                .map_err(|e| EventError::decode(format!("{ks} record"), e))?,
+        ),
+    };
+    cache.insert(ks, key, record.clone(), generation);
+    Ok(record)
 }
 
 fn scan_json<T: DeserializeOwned>(

@@ -31,7 +31,7 @@ impl Projection for RevokedTokensProjection {
 }
 
 pub fn is_revoked(store: &EventStore, jti: &str) -> Result<bool, EventError> {
-    Ok(store.projection_get(KS, jti.as_bytes())?.is_some())
+    Ok(expires_at(store, jti)?.is_some())
 }
 
 pub fn expires_at(store: &EventStore, jti: &str) -> Result<Option<DateTime<Utc>>, EventError> {
