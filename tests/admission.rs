@@ -18,17 +18,7 @@ const MODEL: &str = "gemma-3-270m-q4_k_m";
 const COUNTING: &str = "Count from 1 to 1000, separated by commas: 1, 2, 3, 4, 5, 6,";
 
 fn model_path() -> PathBuf {
-    let path = std::env::var("INFERNO_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/gemma-3-270m-q4_k_m.gguf")
-        });
-    assert!(
-        path.exists(),
-        "test model missing at {}: run ops/fetch-model.sh",
-        path.display()
-    );
-    path
+    common::test_model_path()
 }
 
 /// Polls `done` every 25 ms, up to `tries` times; whether it became true.

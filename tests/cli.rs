@@ -279,26 +279,20 @@ async fn replay_rebuilds_projections_and_tampering_stops_the_server() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut addr = None;
+    let mut url = None;
     for _ in 0..400 {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(a) = text
-            .split("addr=")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-        {
-            addr = Some(a.trim_matches('"').to_string());
+        url = common::listening_url(&std::fs::read_to_string(&log).unwrap_or_default());
+        if url.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let url = format!(
-        "http://{}",
-        addr.unwrap_or_else(|| panic!(
+    let url = url.unwrap_or_else(|| {
+        panic!(
             "the read-only server listens: {}",
             std::fs::read_to_string(&log).unwrap_or_default()
-        ))
-    );
+        )
+    });
     let r = c
         .get(format!("{url}/api/v1/models"))
         .header("x-api-key", &key)
@@ -355,13 +349,7 @@ async fn a_generated_admin_password_goes_to_a_0600_file_without_a_terminal_never
         let n = std::io::Read::read(&mut stderr, &mut buf).unwrap();
         text.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    let addr = text
-        .split("addr=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the address is logged")
-        .trim_matches('"')
-        .to_string();
+    let url = common::listening_url(&text).expect("the address is logged");
     let file = data.join("initial-admin-password");
     let password = std::fs::read_to_string(&file)
         .expect("the password file is written")
@@ -372,7 +360,7 @@ async fn a_generated_admin_password_goes_to_a_0600_file_without_a_terminal_never
     assert_eq!(mode, 0o600);
     assert!(password.len() >= 16);
     let r = reqwest::Client::new()
-        .post(format!("http://{addr}/api/v1/auth/login"))
+        .post(format!("{url}/api/v1/auth/login"))
         .json(&json!({"username": "admin", "password": password}))
         .send()
         .await

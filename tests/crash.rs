@@ -10,6 +10,22 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+/// The `field` of every exported event of `event_type` in the stopped data dir.
+fn exported(data: &str, event_type: &str, field: &str) -> HashSet<String> {
+    let out = common::run_cli(&["audit", "export", "--data-dir", data, "--type", event_type]);
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["payload"][field]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_appends_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,25 +132,7 @@ async fn kill9_during_appends_loses_nothing_acknowledged() {
     assert_eq!(report["ok"], true);
 
     // Every acknowledged key is in the log.
-    let out = common::run_cli(&[
-        "audit",
-        "export",
-        "--data-dir",
-        data_arg,
-        "--type",
-        "api_key.created",
-    ]);
-    assert!(out.status.success());
-    let stored: HashSet<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["payload"]["key_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let stored = exported(data_arg, "api_key.created", "key_id");
     let lost: Vec<&String> = acked.iter().filter(|id| !stored.contains(*id)).collect();
     assert!(
         lost.is_empty(),
@@ -142,25 +140,7 @@ async fn kill9_during_appends_loses_nothing_acknowledged() {
         lost.len()
     );
     // and every answered inference's completion
-    let out = common::run_cli(&[
-        "audit",
-        "export",
-        "--data-dir",
-        data_arg,
-        "--type",
-        "inference.completed",
-    ]);
-    assert!(out.status.success());
-    let completed: HashSet<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["payload"]["job_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let completed = exported(data_arg, "inference.completed", "job_id");
     assert!(
         inferred.iter().all(|id| completed.contains(id)),
         "answered inferences missing from the log"

@@ -27,17 +27,7 @@ static ENGINE: LazyLock<Arc<LlamaEngine>> = LazyLock::new(|| {
 });
 
 fn model_path() -> PathBuf {
-    let path = std::env::var("INFERNO_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/gemma-3-270m-q4_k_m.gguf")
-        });
-    assert!(
-        path.exists(),
-        "test model missing at {}: run ops/fetch-model.sh",
-        path.display()
-    );
-    path
+    common::test_model_path()
 }
 
 /// A server whose models dir links the test model under each of `ids`.

@@ -365,6 +365,21 @@ pub fn inferno_bin() -> &'static str {
     env!("CARGO_BIN_EXE_inferno")
 }
 
+/// The `http://` URL in the server's "inferno listening" log line (text or JSON format).
+pub fn listening_url(log: &str) -> Option<String> {
+    let pos = log.find("inferno listening")?;
+    let line = log[pos..].lines().next().unwrap_or_default();
+    if let Some(addr) = line
+        .split(|c: char| c.is_whitespace() || c == '"' || c == ',')
+        .find_map(|w| w.strip_prefix("addr="))
+    {
+        return Some(format!("http://{addr}"));
+    }
+    let i = line.find("\"addr\":")?;
+    let addr: String = line[i + 8..].chars().take_while(|c| *c != '"').collect();
+    Some(format!("http://{addr}"))
+}
+
 /// Starts `inferno serve` on port 0 with `data_dir`, extra env, and waits for readiness.
 pub async fn spawn_server(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Spawned {
     let stderr_log = data_dir.with_extension(format!("stderr-{}.log", uuid::Uuid::new_v4()));
@@ -383,22 +398,9 @@ pub async fn spawn_server(data_dir: &std::path::Path, env: &[(&str, &str)]) -> S
     // The listening address is logged once bound.
     let mut url = None;
     for _ in 0..400 {
-        let text = std::fs::read_to_string(&stderr_log).unwrap_or_default();
-        if let Some(pos) = text.find("inferno listening") {
-            let line = text[pos..].lines().next().unwrap_or_default();
-            if let Some(addr) = line
-                .split(|c: char| c.is_whitespace() || c == '"' || c == ',')
-                .find_map(|w| w.strip_prefix("addr="))
-            {
-                url = Some(format!("http://{addr}"));
-                break;
-            }
-            if let Some(i) = line.find("\"addr\":") {
-                let rest = &line[i + 8..];
-                let addr: String = rest.chars().take_while(|c| *c != '"').collect();
-                url = Some(format!("http://{addr}"));
-                break;
-            }
+        url = listening_url(&std::fs::read_to_string(&stderr_log).unwrap_or_default());
+        if url.is_some() {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
