@@ -658,6 +658,11 @@ async fn hostile_gguf_files_are_refused_and_the_server_keeps_serving() {
         let body = expect_error(r, 400, "VALIDATION_ERROR").await;
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains(why), "{body}");
+        // The server's own paths stay out of error messages.
+        assert!(
+            !message.contains(".partial") && !message.contains(models_dir.to_str().unwrap()),
+            "{body}"
+        );
         assert_eq!(
             files_in(&models_dir),
             ["dropped.gguf".to_string(), format!("{MODEL}.gguf")]

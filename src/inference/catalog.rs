@@ -247,6 +247,9 @@ impl Catalog {
                 let _ = tokio::fs::remove_file(&temp).await;
                 return Err(match e {
                     EngineError::InvalidModel(why) => {
+                        // The reader names the file; the client must not see our paths.
+                        let prefix = format!("{}: ", temp.display());
+                        let why = why.strip_prefix(&prefix).unwrap_or(&why);
                         invalid("body", format!("not a valid GGUF model: {why}"))
                     }
                     other => other.into(),
