@@ -107,6 +107,14 @@ async fn kill9_during_appends_loses_nothing_acknowledged() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // On a loaded machine an inference may take longer than that: the kill waits for the
+    // first answered one (the key load goes on meanwhile), at most a minute.
+    for _ in 0..600 {
+        if !inferred.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     server.kill9();
     for t in tasks.into_iter().chain(inference) {
         let _ = t.await;
