@@ -41,7 +41,6 @@ impl From<AuthError> for ApiError {
             AuthError::Beyond { required, message } => {
                 ApiError::forbidden(required.as_str()).with_message(message)
             }
-            AuthError::Throttled(retry) => ApiError::rate_limited(retry),
             AuthError::Invalid {
                 field,
                 message,

@@ -181,9 +181,6 @@ pub enum AuthError {
         required: Permission,
         message: String,
     },
-    /// 429 RATE_LIMITED with `Retry-After` seconds.
-    #[error("too many failed attempts; retry in {0} s")]
-    Throttled(u64),
     /// 400 VALIDATION_ERROR, with the field (and offending entries) in details.
     #[error("{message}")]
     Invalid {

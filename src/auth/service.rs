@@ -298,7 +298,8 @@ impl AuthService {
         Ok(generated.then_some(password))
     }
 
-    /// The permission a check reported missing, for callers holding a `Permission`.
+    /// `Forbidden` naming `p` unless `principal` holds it (for a permission known only at
+    /// run time; compile-time ones go through `Granted`).
     pub(super) fn require(principal: &Principal, p: Permission) -> Result<(), AuthError> {
         if principal.permissions().contains(p) {
             Ok(())

@@ -463,11 +463,7 @@ impl EventStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        if let Some(seq) = self.inner.read_only {
-            return Err(EventError::Unavailable(format!(
-                "the event log is open read-only for inspection: its chain is broken at seq {seq}"
-            )));
-        }
+        self.writable()?;
         if events.len() > MAX_GROUP_EVENTS {
             return Err(EventError::Invalid(format!(
                 "at most {MAX_GROUP_EVENTS} events per append"
@@ -491,6 +487,16 @@ impl EventStore {
 
     pub(crate) fn record_cache(&self) -> &RecordCache {
         &self.inner.cache
+    }
+
+    /// Refuses every write (appends and side keyspaces) of a store opened read-only.
+    fn writable(&self) -> Result<(), EventError> {
+        match self.inner.read_only {
+            None => Ok(()),
+            Some(seq) => Err(EventError::Unavailable(format!(
+                "the event log is open read-only for inspection: its chain is broken at seq {seq}"
+            ))),
+        }
     }
 
     /// Whether the store was opened read-only on a broken chain (`allow_broken_tail`).
@@ -588,11 +594,7 @@ impl EventStore {
     /// Durably stores a value outside the log (e.g. an email address, a last-used time).
     /// Not event-sourced: replay does not rebuild it and verify does not cover it.
     pub fn side_put(&self, keyspace: &str, key: &[u8], value: &[u8]) -> Result<(), EventError> {
-        if self.inner.read_only.is_some() {
-            return Err(EventError::Unavailable(
-                "the event log is open read-only".into(),
-            ));
-        }
+        self.writable()?;
         let h = self.handles()?;
         let ks = h.side(keyspace)?;
         let mut b = h.db.batch().durability(Some(PersistMode::SyncAll));
@@ -606,6 +608,7 @@ impl EventStore {
     }
 
     pub fn side_delete(&self, keyspace: &str, key: &[u8]) -> Result<(), EventError> {
+        self.writable()?;
         let h = self.handles()?;
         let ks = h.side(keyspace)?;
         let mut b = h.db.batch().durability(Some(PersistMode::SyncAll));
