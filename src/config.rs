@@ -216,8 +216,22 @@ pub struct QueueConfig {
     pub backend: String,
     /// PostgreSQL URL when `backend = "postgres"`; may hold a password.
     pub url: Option<Secret>,
-    /// Jobs waiting at most; beyond it clients get 503 with Retry-After.
+    /// Jobs queued or running at most; beyond it clients get 503 with Retry-After and
+    /// nothing is queued.
     pub max_depth: usize,
+    /// Queued jobs one user may hold; beyond it 429 with Retry-After.
+    pub max_queued_per_principal: usize,
+    /// Attempts before a job that keeps failing (or losing its worker) is `dead`.
+    pub max_attempts: u32,
+    /// A running job whose worker has not been heard from for this long is re-queued.
+    pub lease_secs: u64,
+    /// Finished jobs (and their stored results) are purged after this many hours.
+    pub retention_hours: u64,
+    /// Longest one attempt may run before it fails.
+    pub job_timeout_secs: u64,
+    /// Jobs run at once by this node's worker; 0 = `[models] parallel` (one model's slots),
+    /// so priorities decide at every free slot.
+    pub concurrency: usize,
 }
 
 impl Default for QueueConfig {
@@ -226,6 +240,12 @@ impl Default for QueueConfig {
             backend: "embedded".into(),
             url: None,
             max_depth: 1024,
+            max_queued_per_principal: 256,
+            max_attempts: 3,
+            lease_secs: 30,
+            retention_hours: 168,
+            job_timeout_secs: 600,
+            concurrency: 0,
         }
     }
 }
@@ -325,6 +345,18 @@ impl Config {
                     tls.min_version
                 )));
             }
+        }
+        if self.queue.max_depth == 0
+            || self.queue.max_queued_per_principal == 0
+            || self.queue.max_attempts == 0
+            || self.queue.lease_secs == 0
+            || self.queue.job_timeout_secs == 0
+        {
+            return Err(ConfigError::Invalid(
+                "queue.max_depth, queue.max_queued_per_principal, queue.max_attempts, \
+                 queue.lease_secs and queue.job_timeout_secs must be at least 1"
+                    .into(),
+            ));
         }
         if self.models.parallel == 0 {
             return Err(ConfigError::Invalid(

@@ -30,5 +30,6 @@ pub mod events;
 pub mod inference;
 pub mod logging;
 pub mod paging;
+pub mod queue;
 pub mod ratelimit;
 pub mod server;

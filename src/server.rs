@@ -19,6 +19,7 @@ use crate::events::{EventStore, StoreOptions};
 use crate::inference::catalog::Catalog;
 use crate::inference::runner::Runner;
 use crate::inference::{Engine, EngineConfig, LlamaEngine};
+use crate::queue::{EmbeddedQueue, JobQueue, WorkerHandle};
 use crate::ratelimit::RateLimits;
 
 struct Inner {
@@ -29,7 +30,8 @@ struct Inner {
     limits: RateLimits,
     engine: Arc<dyn Engine>,
     catalog: Arc<Catalog>,
-    runner: Runner,
+    runner: Arc<Runner>,
+    queue: Arc<EmbeddedQueue>,
     connections: crate::api::conn::Connections,
 }
 
@@ -98,6 +100,11 @@ impl AppState {
         &self.inner.runner
     }
 
+    /// The job queue, as handlers use it.
+    pub fn queue(&self) -> &dyn JobQueue {
+        &*self.inner.queue
+    }
+
     /// Open TCP connections, to notice clients that went away mid-request.
     pub fn connections(&self) -> &crate::api::conn::Connections {
         &self.inner.connections
@@ -122,6 +129,8 @@ pub struct RunningServer {
     pub state: AppState,
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<std::io::Result<()>>,
+    workers: Option<WorkerHandle>,
+    grace: Duration,
 }
 
 impl RunningServer {
@@ -136,7 +145,13 @@ impl RunningServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.handle.await.context("server task panicked")??;
+        // In-flight requests (synchronous inference waits on its job) finish first; then
+        // the workers get the same grace time before running jobs are handed back.
+        let served = self.handle.await;
+        if let Some(w) = self.workers.take() {
+            w.shutdown(self.grace).await;
+        }
+        served.context("server task panicked")??;
         if let Err(e) = self.state.auth().flush_failures(true).await {
             tracing::warn!(error = %e, "recording failed authentications at shutdown");
         }
@@ -199,14 +214,15 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         .await
         .with_context(|| format!("scanning models in {}", config.models.dir.display()))?,
     );
-    let runner = Runner::new(
-        store.clone(),
+    let runner = Arc::new(Runner::new(
         engine.clone(),
         catalog.clone(),
         config.limits.max_prompt_chars,
         config.models.default.clone(),
         config.audit.record_content,
-    );
+    ));
+    let queue = EmbeddedQueue::open(store.clone(), queue_settings(&config))
+        .context("loading the job queue")?;
     let state = AppState {
         inner: Arc::new(Inner {
             config: Arc::new(config.clone()),
@@ -216,7 +232,8 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
             limits,
             engine,
             catalog,
-            runner,
+            runner: runner.clone(),
+            queue: queue.clone(),
             connections: crate::api::conn::Connections::default(),
         }),
     };
@@ -266,6 +283,10 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         }
     });
 
+    let workers = crate::queue::spawn_workers(queue, runner)
+        .await
+        .context("starting the queue's workers")?;
+
     let app = crate::api::app(state.clone());
     let (tx, rx) = oneshot::channel::<()>();
     let timeout = Duration::from_secs(config.server.shutdown_timeout_secs);
@@ -288,7 +309,43 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         state,
         shutdown: Some(tx),
         handle,
+        workers: Some(workers),
+        grace: timeout,
     })
+}
+
+/// `[queue]` as the embedded queue takes it.
+pub fn queue_settings(config: &Config) -> crate::queue::QueueSettings {
+    let q = &config.queue;
+    let concurrency = if q.concurrency == 0 {
+        config.models.parallel
+    } else {
+        q.concurrency
+    };
+    crate::queue::QueueSettings {
+        max_depth: q.max_depth,
+        max_queued_per_principal: q.max_queued_per_principal,
+        max_attempts: q.max_attempts,
+        lease: Duration::from_secs(q.lease_secs),
+        retention: Duration::from_secs(q.retention_hours.saturating_mul(3600)),
+        job_timeout: Duration::from_secs(q.job_timeout_secs),
+        concurrency,
+        worker_name: format!("{}-worker", node_name(&config.storage.data_dir)),
+        record_content: config.audit.record_content,
+    }
+}
+
+/// This node's name: the host name and a short digest of the data dir.
+pub fn node_name(data_dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let digest = hex::encode(Sha256::digest(dir.to_string_lossy().as_bytes()));
+    format!("{host}-{}", &digest[..8])
 }
 
 /// Where a generated first-admin password goes: the controlling terminal when there is

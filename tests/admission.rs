@@ -2,7 +2,9 @@
 //! max_waiting` a request fails at once, and one that waited longer than `max_wait_secs` for
 //! a slot fails too, both with 503 SERVICE_UNAVAILABLE and Retry-After; the server keeps
 //! serving. The server builds its engine from `[models]`, so the settings are tested from
-//! the configuration down.
+//! the configuration down. The job queue normally runs no more jobs than a model has slots;
+//! here it runs three at once (`[queue] concurrency`) so that jobs reach the engine's
+//! waiting list, and gives each one attempt, so a refusal is final.
 
 mod common;
 
@@ -87,6 +89,8 @@ async fn a_full_waiting_list_and_a_long_wait_give_503_with_retry_after() {
         c.models.parallel = 1;
         c.models.max_waiting = 1;
         c.models.max_wait_secs = 1;
+        c.queue.concurrency = 3;
+        c.queue.max_attempts = 1;
     })
     .await;
     let token = ts.admin_token().await;
@@ -126,8 +130,8 @@ async fn a_full_waiting_list_and_a_long_wait_give_503_with_retry_after() {
     assert_eq!(expect_busy(r).await, "wait_timeout");
     assert_eq!(engine.active_requests(MODEL), 1, "B left the waiting list");
 
-    // Both failures are recorded, as engine errors are.
-    let failed = ts.events(&token, "inference.failed").await;
+    // Both failures are recorded, as engine errors are: their one attempt is spent.
+    let failed = ts.events(&token, "job.dead").await;
     assert_eq!(failed.len(), 2, "{failed:?}");
     for e in &failed {
         let error = e["payload"]["error"].as_str().unwrap();

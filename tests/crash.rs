@@ -148,7 +148,7 @@ async fn kill9_during_appends_loses_nothing_acknowledged() {
         lost.len()
     );
     // and every answered inference's completion
-    let completed = exported(data_arg, "inference.completed", "job_id");
+    let completed = exported(data_arg, "job.completed", "job_id");
     assert!(
         inferred.iter().all(|id| completed.contains(id)),
         "answered inferences missing from the log"

@@ -40,7 +40,7 @@ async fn stop_takes_at_most_eight_strings_of_at_most_sixty_four_characters() {
     // At the bound it runs, and the event records the stop strings as digests only.
     let eight: Vec<String> = (0..8).map(|i| format!("{i}").repeat(64)).collect();
     assert_eq!(infer(json!(eight)).await.status(), 200);
-    let events = ts.events(&admin, "inference.queued").await;
+    let events = ts.events(&admin, "job.queued").await;
     let stop = &events[0]["payload"]["params"]["stop"];
     assert_eq!(stop.as_array().unwrap().len(), 8);
     assert!(

@@ -101,9 +101,7 @@ async fn greedy_output_stop_strings_and_max_tokens() {
         assert!(out["timings"][k].as_f64().unwrap() >= 0.0, "{k}");
     }
     // Events: queued and completed, prompt and output as hash + length only.
-    let events = ts
-        .events(&token, "inference.queued,inference.completed")
-        .await;
+    let events = ts.events(&token, "job.queued,job.completed").await;
     assert_eq!(events.len(), 2);
     assert_eq!(events[0]["payload"]["job_id"], out["id"]);
     assert_eq!(events[0]["payload"]["prompt"]["length"], 24);
@@ -137,7 +135,7 @@ async fn record_content_keeps_the_text() {
         json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4}),
     )
     .await;
-    let events = ts.events(&token, "inference.queued").await;
+    let events = ts.events(&token, "job.queued").await;
     assert_eq!(
         events[0]["payload"]["prompt"]["text"],
         "The capital of France is"
@@ -241,10 +239,10 @@ async fn a_disconnected_request_is_cancelled_and_frees_its_slot() {
     let mut found = false;
     for _ in 0..50 {
         if ts
-            .events(&token, "inference.cancelled")
+            .events(&token, "job.cancelled")
             .await
             .iter()
-            .any(|e| e["payload"]["reason"] == "client disconnected")
+            .any(|e| e["payload"]["by"] == "client")
         {
             found = true;
             break;

@@ -219,6 +219,92 @@ fn rows() -> Vec<Row> {
             Some("run_inference"),
             Some(json!({"model": "none", "prompt": "x"})),
         ),
+        // jobs
+        r(
+            "post",
+            "/api/v1/jobs",
+            "/api/v1/jobs",
+            Some("run_inference"),
+            Some(json!({"model": "none", "prompt": "x"})),
+        ),
+        r(
+            "get",
+            "/api/v1/jobs",
+            "/api/v1/jobs",
+            Some("run_inference"),
+            None,
+        ),
+        r(
+            "get",
+            "/api/v1/jobs/{id}",
+            "/api/v1/jobs/none",
+            Some("run_inference"),
+            None,
+        ),
+        r(
+            "delete",
+            "/api/v1/jobs/{id}",
+            "/api/v1/jobs/none",
+            Some("run_inference"),
+            None,
+        ),
+        // queue management
+        r(
+            "get",
+            "/api/v1/queue",
+            "/api/v1/queue",
+            Some("manage_queue"),
+            None,
+        ),
+        r(
+            "get",
+            "/api/v1/queue/jobs",
+            "/api/v1/queue/jobs",
+            Some("manage_queue"),
+            None,
+        ),
+        r(
+            "delete",
+            "/api/v1/queue/jobs",
+            "/api/v1/queue/jobs?status=completed",
+            Some("manage_queue"),
+            None,
+        ),
+        r(
+            "post",
+            "/api/v1/queue/jobs/{id}/cancel",
+            "/api/v1/queue/jobs/none/cancel",
+            Some("manage_queue"),
+            None,
+        ),
+        r(
+            "post",
+            "/api/v1/queue/jobs/{id}/retry",
+            "/api/v1/queue/jobs/none/retry",
+            Some("manage_queue"),
+            None,
+        ),
+        r(
+            "post",
+            "/api/v1/queue/jobs/{id}/priority",
+            "/api/v1/queue/jobs/none/priority",
+            Some("manage_queue"),
+            Some(json!({"priority": "high"})),
+        ),
+        r(
+            "post",
+            "/api/v1/queue/pause",
+            "/api/v1/queue/pause",
+            Some("manage_queue"),
+            None,
+        ),
+        r(
+            "post",
+            "/api/v1/queue/resume",
+            "/api/v1/queue/resume",
+            Some("manage_queue"),
+            None,
+        ),
     ];
     // The documented outcome of each row's input, in the same order.
     let expected: &[(u16, &'static [&'static str])] = &[
@@ -246,6 +332,18 @@ fn rows() -> Vec<Row> {
         (404, &[]),
         (404, &[]),
         (404, &[]), // inference on a model that does not exist
+        (404, &[]), // a job on a model that does not exist
+        (200, &[]), // your jobs
+        (404, &[]), // get, cancel a job that does not exist
+        (404, &[]),
+        (200, &[]), // queue overview, every job, purge
+        (200, &[]),
+        (200, &[]),
+        (404, &[]), // cancel, retry, reprioritise a job that does not exist
+        (404, &[]),
+        (404, &[]),
+        (200, &[]), // pause, resume
+        (200, &[]),
     ];
     assert_eq!(rows.len(), expected.len());
     rows.into_iter()

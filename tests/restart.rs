@@ -122,7 +122,7 @@ async fn fifty_inferences_then_a_restart_verify_with_the_head_unchanged() {
         .collect();
     let completed: Vec<&Value> = lines
         .iter()
-        .filter(|e| e["type"] == "inference.completed")
+        .filter(|e| e["type"] == "job.completed")
         .collect();
     assert_eq!(completed.len(), 52);
     for e in &completed {

@@ -8,9 +8,11 @@ use super::error::ApiError;
 use super::security::Auth;
 use super::ApiTags;
 use crate::auth::perm;
-use crate::inference::runner::{finish_name, InferenceError, InferenceInput, SamplingOverrides};
+use crate::inference::runner::{InferenceError, InferenceInput, SamplingOverrides};
 use crate::inference::{ChatMessage, ChatRole};
+use crate::queue::JobEnd;
 use crate::server::AppState;
+use poem::http::StatusCode;
 
 impl From<InferenceError> for ApiError {
     fn from(e: InferenceError) -> Self {
@@ -52,12 +54,38 @@ pub struct InferenceRequest {
     pub seed: Option<u32>,
     /// Generation stops before any of these strings.
     pub stop: Option<Vec<String>>,
+    /// Job priority: `low`, `normal` (default), `high` or `critical` (those two need
+    /// `manage_queue`). Higher priorities start first.
+    pub priority: Option<String>,
 }
 
 #[derive(Debug, Object)]
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+}
+
+impl From<crate::events::TimingsRecord> for Timings {
+    fn from(t: crate::events::TimingsRecord) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Timings {
+            queue_ms: ms(t.queue_us),
+            prompt_ms: ms(t.prompt_us),
+            generate_ms: ms(t.generate_us),
+            tokens_per_second: t.tokens_per_second_milli as f64 / 1000.0,
+        }
+    }
+}
+
+impl From<crate::inference::Timings> for Timings {
+    fn from(t: crate::inference::Timings) -> Self {
+        Timings {
+            queue_ms: t.queue_ms,
+            prompt_ms: t.prompt_ms,
+            generate_ms: t.generate_ms,
+            tokens_per_second: t.tokens_per_second,
+        }
+    }
 }
 
 #[derive(Debug, Object)]
@@ -94,11 +122,74 @@ fn role(r: &str) -> Result<ChatRole, ApiError> {
     }
 }
 
+/// What the runner validates: the body without its queue fields.
+pub(super) fn to_input(b: InferenceRequest) -> Result<InferenceInput, ApiError> {
+    let messages = match b.messages {
+        Some(ms) => Some(
+            ms.into_iter()
+                .map(|m| {
+                    Ok(ChatMessage {
+                        role: role(&m.role)?,
+                        content: m.content,
+                    })
+                })
+                .collect::<Result<Vec<_>, ApiError>>()?,
+        ),
+        None => None,
+    };
+    Ok(InferenceInput {
+        model: b.model,
+        prompt: b.prompt,
+        messages,
+        sampling: SamplingOverrides {
+            max_tokens: b.max_tokens,
+            temperature: b.temperature,
+            top_k: b.top_k,
+            top_p: b.top_p,
+            min_p: b.min_p,
+            repeat_penalty: b.repeat_penalty,
+            seed: b.seed,
+            stop: b.stop,
+        },
+    })
+}
+
+/// The error a failed or dead job answers a waiting client with.
+fn job_error(end: &JobEnd) -> ApiError {
+    if let Some(e) = &end.error {
+        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut err = ApiError::new(status, e.message.clone());
+        err.code = e.code;
+        if let Some(d) = &e.details {
+            err = err.with_details(d.clone());
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            err = err.with_header("retry-after", 2);
+        }
+        return err;
+    }
+    let message = end
+        .record
+        .error
+        .clone()
+        .unwrap_or_else(|| "the job failed".into());
+    match end.record.error_code.as_deref() {
+        Some("VALIDATION_ERROR") => ApiError::validation(message),
+        Some("NOT_FOUND") => ApiError::not_found(message),
+        Some("CONFLICT") => ApiError::conflict(message),
+        _ => ApiError::internal(message),
+    }
+}
+
 pub struct InferenceApi;
 
 #[OpenApi(tag = "ApiTags::Inference")]
 impl InferenceApi {
     /// Run inference and wait for the whole answer. Requires permission `run_inference`.
+    ///
+    /// The request is a job of the durable queue (priority `normal` unless set), so it is
+    /// visible to queue managers and survives a restart; a client that disconnects
+    /// cancels it.
     #[oai(
         path = "/api/v1/inference",
         method = "post",
@@ -111,37 +202,13 @@ impl InferenceApi {
         auth: Auth<perm::RunInference>,
         body: Json<InferenceRequest>,
     ) -> Result<Json<InferenceResponse>, ApiError> {
-        let b = body.0;
-        let messages = match b.messages {
-            Some(ms) => Some(
-                ms.into_iter()
-                    .map(|m| {
-                        Ok(ChatMessage {
-                            role: role(&m.role)?,
-                            content: m.content,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, ApiError>>()?,
-            ),
-            None => None,
-        };
-        let input = InferenceInput {
-            model: b.model,
-            prompt: b.prompt,
-            messages,
-            sampling: SamplingOverrides {
-                max_tokens: b.max_tokens,
-                temperature: b.temperature,
-                top_k: b.top_k,
-                top_p: b.top_p,
-                min_p: b.min_p,
-                repeat_penalty: b.repeat_penalty,
-                seed: b.seed,
-                stop: b.stop,
-            },
-        };
-        let runner = state.runner();
-        let valid = runner.validate(input)?;
+        let priority = super::jobs::priority_of(body.0.priority.as_deref(), auth.principal())?;
+        let valid = state.runner().validate(to_input(body.0)?)?;
+        let job = super::jobs::new_job(&state, auth.principal(), priority, valid, None);
+        let queue = state.queue();
+        let enq = queue.enqueue(&auth.ctx, job).await?;
+        let job_id = enq.record.job_id.clone();
+        let mut end = queue.wait(&job_id);
         let watch = state.connections().watch(req.remote_addr());
         let gone = async move {
             match watch {
@@ -149,23 +216,45 @@ impl InferenceApi {
                 None => std::future::pending().await,
             }
         };
-        let out = runner.execute(&auth.grant, &auth.ctx, valid, gone).await?;
-        let c = out.completion;
-        Ok(Json(InferenceResponse {
-            id: out.job_id,
-            model: out.model,
-            text: out.text,
-            finish_reason: finish_name(c.finish_reason).to_string(),
-            usage: Usage {
+        let end = tokio::select! {
+            end = &mut end => end,
+            _ = gone => {
+                // The client went away: its job stops (queued: never runs).
+                let _ = queue.cancel(&auth.ctx, &job_id, "client").await;
+                end.await
+            }
+        }
+        .map_err(|_| ApiError::unavailable("the server is shutting down", 5))?;
+        if !matches!(end.record.status.as_str(), "completed" | "cancelled") {
+            return Err(job_error(&end));
+        }
+        let usage = Usage {
+            prompt_tokens: end.record.prompt_tokens.unwrap_or_default() as u32,
+            completion_tokens: end.record.completion_tokens.unwrap_or_default() as u32,
+        };
+        let timings = match (end.completion, end.record.timings) {
+            (Some(c), _) => c.timings.into(),
+            (None, Some(t)) => t.into(),
+            (None, None) => crate::inference::Timings::default().into(),
+        };
+        let usage = match end.completion {
+            Some(c) => Usage {
                 prompt_tokens: c.prompt_tokens,
                 completion_tokens: c.completion_tokens,
             },
-            timings: Timings {
-                queue_ms: c.timings.queue_ms,
-                prompt_ms: c.timings.prompt_ms,
-                generate_ms: c.timings.generate_ms,
-                tokens_per_second: c.timings.tokens_per_second,
-            },
+            None => usage,
+        };
+        Ok(Json(InferenceResponse {
+            id: job_id,
+            model: end.record.model.clone(),
+            text: end.text.unwrap_or_default(),
+            finish_reason: end
+                .record
+                .finish_reason
+                .clone()
+                .unwrap_or_else(|| "cancelled".into()),
+            usage,
+            timings,
         }))
     }
 }

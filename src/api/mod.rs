@@ -9,9 +9,11 @@ pub mod conn;
 pub mod error;
 mod health;
 mod inference;
+mod jobs;
 mod keys;
 pub mod middleware;
 mod models;
+mod queue;
 pub mod security;
 pub mod tls;
 mod users;
@@ -54,6 +56,10 @@ pub enum ApiTags {
     Models,
     /// Inference.
     Inference,
+    /// Inference jobs of the durable queue.
+    Jobs,
+    /// The queue manager's view and controls.
+    Queue,
 }
 
 /// Every resource of the API, in one tuple.
@@ -65,6 +71,8 @@ pub type Apis = (
     audit::AuditApi,
     models::ModelsApi,
     inference::InferenceApi,
+    jobs::JobsApi,
+    queue::QueueApi,
 );
 
 fn apis() -> Apis {
@@ -76,6 +84,8 @@ fn apis() -> Apis {
         audit::AuditApi,
         models::ModelsApi,
         inference::InferenceApi,
+        jobs::JobsApi,
+        queue::QueueApi,
     )
 }
 

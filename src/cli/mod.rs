@@ -2,6 +2,7 @@
 //! Each command lives in its own file; this file holds the command enum.
 
 mod audit;
+mod queue;
 mod serve;
 mod user;
 
@@ -30,6 +31,8 @@ pub enum Command {
     /// Manage users (server stopped).
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Inspect and steer a running server's job queue (API key in INFERNO_API_KEY).
+    Queue(queue::QueueArgs),
 }
 
 /// Options every command that touches the data dir accepts.
@@ -63,5 +66,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit(cmd) => audit::run(cmd),
         Command::User(cmd) => user::run(cmd),
+        Command::Queue(args) => queue::run(args),
     }
 }

@@ -320,6 +320,16 @@ impl SamplingRecord {
     }
 }
 
+/// How a job queued with an `Idempotency-Key` is recognised again: digests only, so the
+/// log never holds the client's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// SHA-256 (hex) of the owner's user id, a NUL byte and the header value.
+    pub key_sha256: String,
+    /// SHA-256 (hex) of the request body as the server parsed it.
+    pub body_sha256: String,
+}
+
 /// How long an inference took, in whole microseconds, and its decode rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TimingsRecord {
@@ -455,6 +465,64 @@ events! {
     }
     InferenceFailed => "inference.failed" @ 1 { pub job_id: String, pub error: String, }
     InferenceCancelled => "inference.cancelled" @ 1 { pub job_id: String, pub reason: String, }
+    /// A job went (back) to the queue by a queue manager's retry; `attempt` is what its
+    /// attempt count was reset to (0).
     JobRetried => "job.retried" @ 1 { pub job_id: String, pub attempt: u32, }
+    /// Attempts exhausted (`[queue] max_attempts`): the job stays dead with its last error.
     JobDead => "job.dead" @ 1 { pub job_id: String, pub error: String, }
+
+    // ---- durable job queue (replaces inference.* for new jobs) ----
+    /// A job accepted into the queue. Its full request (prompt text, sampling values) is
+    /// kept outside the log, in the `job_payloads` side keyspace written in the same batch;
+    /// the log holds what an auditor needs: digests, lengths and sampling as decimal text.
+    JobQueued => "job.queued" @ 1 {
+        pub job_id: String,
+        /// `inference`.
+        pub kind: String,
+        pub model: String,
+        /// User id of the principal that queued it (the job's owner).
+        pub owner: String,
+        /// `low`, `normal`, `high` or `critical`.
+        pub priority: String,
+        pub params: SamplingRecord,
+        pub prompt: ContentRecord,
+        /// SHA-256 of owner + `Idempotency-Key` header, and of the request body, when the
+        /// client sent that header.
+        pub idempotency: Option<IdempotencyRecord>,
+    }
+    /// A worker took the job; `attempt` counts from 1.
+    JobStarted => "job.started" @ 1 { pub job_id: String, pub worker: String, pub attempt: u32, }
+    JobCompleted => "job.completed" @ 1 {
+        pub job_id: String,
+        /// `stop` or `length`.
+        pub finish_reason: String,
+        pub prompt_tokens: u64,
+        pub completion_tokens: u64,
+        pub timings: TimingsRecord,
+        pub output: ContentRecord,
+    }
+    /// Failed for good (an error no retry can mend), in the error body's terms.
+    JobFailed => "job.failed" @ 1 { pub job_id: String, pub code: String, pub error: String, }
+    /// `by`: the principal id that cancelled, or `client` (the waiting client went away).
+    /// A running job keeps its partial output (`output`).
+    JobCancelled => "job.cancelled" @ 1 {
+        pub job_id: String,
+        pub by: String,
+        pub output: Option<ContentRecord>,
+        pub completion_tokens: Option<u64>,
+    }
+    JobPriorityChanged => "job.priority_changed" @ 1 { pub job_id: String, pub from: String, pub to: String, }
+    /// Back to the queue without finishing: `lease_expired`, `worker_lost` (found running at
+    /// start-up), `shutdown`, or `retry` after a retryable error. `counts_attempt` false
+    /// (shutdown) takes back the attempt its start counted.
+    JobRequeued => "job.requeued" @ 1 { pub job_id: String, pub reason: String, pub counts_attempt: bool, }
+    /// Finished jobs with one of `statuses` that finished before `finished_before` left the
+    /// queue, with their stored results (their events stay). `automatic`: by
+    /// `[queue] retention_hours`.
+    QueuePurged => "queue.purged" @ 1 {
+        pub statuses: Vec<String>,
+        pub finished_before: chrono::DateTime<chrono::Utc>,
+        pub count: u64,
+        pub automatic: bool,
+    }
 }

@@ -1,9 +1,7 @@
-//! Runs one inference request end to end: validates it into a [`ValidInferenceRequest`],
-//! records `inference.queued`, runs it on the engine, and records how it ended
-//! (`inference.completed`, `inference.failed` or `inference.cancelled`).
-//!
-//! The job-queue issue will put the durable queue between `validate` and `execute`; both
-//! sides already speak in job ids and events.
+//! Inference requests on both sides of the job queue: [`Runner::validate`] turns what a
+//! client sent into a [`ValidInferenceRequest`] (then a queued job), and the [`Executor`]
+//! impl runs a job's request on the engine for a queue worker. The queue records each
+//! step as `job.*` events.
 
 use std::sync::Arc;
 
@@ -12,8 +10,10 @@ use super::{
     ChatMessage, Completion, Engine, EngineError, FinishReason, GenEvent, GenerateRequest, Prompt,
     SamplingParams,
 };
-use crate::auth::{perm, Granted};
-use crate::events::{self as ev, ContentRecord, Event, EventContext, EventStore};
+use crate::api::error::ApiError;
+use crate::events::ContentRecord;
+use crate::queue::{ExecError, Executor, JobCancel, JobRequest, StoredPrompt};
+use poem::http::StatusCode;
 
 /// What a client asked for, before validation. Unset sampling fields take the model's
 /// defaults, then the server's.
@@ -62,21 +62,11 @@ impl SamplingOverrides {
 /// A request that passed every check; the only thing [`Runner::execute`] accepts.
 #[derive(Debug)]
 pub struct ValidInferenceRequest {
-    pub job_id: String,
     pub model: ModelView,
     pub prompt: Prompt,
     pub params: SamplingParams,
     /// The prompt as recorded in events (hash and length, or text).
     pub prompt_record: ContentRecord,
-}
-
-/// The outcome of a finished request.
-#[derive(Debug)]
-pub struct InferenceOutput {
-    pub job_id: String,
-    pub model: String,
-    pub text: String,
-    pub completion: Completion,
 }
 
 /// Why a request failed; each variant says how it reaches the client.
@@ -107,7 +97,6 @@ fn invalid(field: &'static str, message: impl Into<String>) -> InferenceError {
 }
 
 pub struct Runner {
-    store: EventStore,
     engine: Arc<dyn Engine>,
     catalog: Arc<Catalog>,
     max_prompt_chars: usize,
@@ -115,39 +104,8 @@ pub struct Runner {
     record_content: bool,
 }
 
-/// Records `inference.cancelled` if the request is dropped before it ends (the client went
-/// away); disarmed once the outcome is recorded.
-struct CancelGuard {
-    store: EventStore,
-    ctx: EventContext,
-    job_id: String,
-    armed: bool,
-}
-
-impl Drop for CancelGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            let (store, ctx, job_id) = (self.store.clone(), self.ctx.clone(), self.job_id.clone());
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    let _ = store
-                        .append(
-                            &ctx,
-                            vec![Event::InferenceCancelled(ev::InferenceCancelled {
-                                job_id,
-                                reason: "client disconnected".into(),
-                            })],
-                        )
-                        .await;
-                });
-            }
-        }
-    }
-}
-
 impl Runner {
     pub fn new(
-        store: EventStore,
         engine: Arc<dyn Engine>,
         catalog: Arc<Catalog>,
         max_prompt_chars: usize,
@@ -155,7 +113,6 @@ impl Runner {
         record_content: bool,
     ) -> Self {
         Self {
-            store,
             engine,
             catalog,
             max_prompt_chars,
@@ -218,7 +175,6 @@ impl Runner {
             other => invalid("params", other.to_string()),
         })?;
         Ok(ValidInferenceRequest {
-            job_id: uuid::Uuid::now_v7().to_string(),
             model,
             prompt,
             params,
@@ -226,95 +182,102 @@ impl Runner {
         })
     }
 
-    /// Runs a validated request to its end, recording each step. When `gone` resolves (the
-    /// client went away) generation stops at the next token.
-    pub async fn execute(
-        &self,
-        _cap: &Granted<perm::RunInference>,
-        ctx: &EventContext,
-        req: ValidInferenceRequest,
-        gone: impl std::future::Future<Output = ()>,
-    ) -> Result<InferenceOutput, InferenceError> {
-        let model_id = req.model.record.id.clone();
-        self.store
-            .append(
-                ctx,
-                vec![Event::InferenceQueued(ev::InferenceQueued {
-                    job_id: req.job_id.clone(),
-                    model: model_id.clone(),
-                    params: req.params.record(self.record_content),
-                    prompt: req.prompt_record.clone(),
-                })],
-            )
-            .await?;
-        let mut guard = CancelGuard {
-            store: self.store.clone(),
-            ctx: ctx.clone(),
-            job_id: req.job_id.clone(),
-            armed: true,
-        };
-        let (result, left) = self.generate(&req, gone).await;
-        guard.armed = false;
-        let event = match &result {
-            Ok((_, c)) if c.finish_reason == FinishReason::Cancelled => {
-                Event::InferenceCancelled(ev::InferenceCancelled {
-                    job_id: req.job_id.clone(),
-                    reason: if left {
-                        "client disconnected"
-                    } else {
-                        "cancelled"
-                    }
-                    .into(),
-                })
-            }
-            Ok((text, c)) => Event::InferenceCompleted(ev::InferenceCompleted {
-                job_id: req.job_id.clone(),
-                finish_reason: finish_name(c.finish_reason).into(),
-                prompt_tokens: c.prompt_tokens as u64,
-                completion_tokens: c.completion_tokens as u64,
-                timings: c.timings.record(),
-                output: ContentRecord::new(text, self.record_content),
-            }),
-            Err(e) => Event::InferenceFailed(ev::InferenceFailed {
-                job_id: req.job_id.clone(),
-                error: e.to_string(),
-            }),
-        };
-        self.store.append(ctx, vec![event]).await?;
-        let (text, completion) = result?;
-        Ok(InferenceOutput {
-            job_id: req.job_id,
-            model: model_id,
-            text,
-            completion,
-        })
+    /// The request as a queue job stores it.
+    pub fn job_request(req: &ValidInferenceRequest) -> JobRequest {
+        JobRequest {
+            model: req.model.record.id.clone(),
+            prompt: match &req.prompt {
+                Prompt::Text(t) => StoredPrompt::Text(t.clone()),
+                Prompt::Chat(m) => StoredPrompt::Chat(m.clone()),
+            },
+            params: req.params.clone(),
+        }
     }
 
-    /// Collects the generation; the flag says whether `gone` fired.
-    async fn generate(
+    pub fn record_content(&self) -> bool {
+        self.record_content
+    }
+}
+
+fn exec_error(e: ApiError, retryable: bool) -> ExecError {
+    ExecError {
+        status: e.status.as_u16(),
+        code: e.code,
+        message: e.message,
+        details: e.details,
+        retryable,
+    }
+}
+
+/// An engine error as a job records it. Load and internal failures keep their cause in the
+/// server log only (it may name files): the job says which kind of failure it was.
+fn engine_error(e: EngineError) -> ExecError {
+    let r = retryable(&e);
+    let message = match &e {
+        EngineError::Load(_) => Some("the model failed to load"),
+        EngineError::Internal(_) => Some("internal engine error"),
+        _ => None,
+    };
+    match message {
+        Some(m) => {
+            tracing::error!(error = %e, "inference job failed");
+            exec_error(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m), r)
+        }
+        None => exec_error(ApiError::from(e), r),
+    }
+}
+
+/// Whether another attempt may succeed after this engine error.
+fn retryable(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::Load(_)
+            | EngineError::Internal(_)
+            | EngineError::Overloaded
+            | EngineError::Busy(_)
+    )
+}
+
+#[async_trait::async_trait]
+impl Executor for Runner {
+    /// Runs a queued job on the engine. The model is resolved again: one deleted or
+    /// disabled since the job was queued fails it without retry.
+    async fn execute(
         &self,
-        req: &ValidInferenceRequest,
-        gone: impl std::future::Future<Output = ()>,
-    ) -> (Result<(String, Completion), EngineError>, bool) {
-        let submitted = self.engine.submit(
-            &req.model.spec(),
-            GenerateRequest {
-                prompt: req.prompt.clone(),
-                params: req.params.clone(),
-            },
-        );
-        let mut generation = match submitted {
-            Ok(g) => g,
-            Err(e) => return (Err(e), false),
+        job: &JobRequest,
+        cancel: &JobCancel,
+    ) -> Result<(String, Completion), ExecError> {
+        let model = self
+            .catalog
+            .resolve(&job.model)
+            .map_err(|e| exec_error(ApiError::from(e), false))?;
+        if !model.record.enabled {
+            return Err(exec_error(
+                ApiError::conflict(format!("model {:?} is disabled", model.record.id)),
+                false,
+            ));
+        }
+        let prompt = match &job.prompt {
+            StoredPrompt::Text(t) => Prompt::Text(t.clone()),
+            StoredPrompt::Chat(m) => Prompt::Chat(m.clone()),
         };
-        let mut gone = std::pin::pin!(gone);
-        let mut left = false;
+        let mut generation = self
+            .engine
+            .submit(
+                &model.spec(),
+                GenerateRequest {
+                    prompt,
+                    params: job.params.clone(),
+                },
+            )
+            .map_err(engine_error)?;
         let mut text = String::new();
+        let mut stopping = false;
         loop {
             let event = tokio::select! {
                 event = generation.next() => event,
-                _ = &mut gone, if !left => {
-                    left = true;
+                _ = cancel.cancelled(), if !stopping => {
+                    stopping = true;
                     generation.cancel();
                     continue;
                 }
@@ -322,13 +285,12 @@ impl Runner {
             match event {
                 Some(GenEvent::Started { .. }) => {}
                 Some(GenEvent::Token(piece)) => text.push_str(&piece),
-                Some(GenEvent::Done(c)) => return (Ok((text, c)), left),
-                Some(GenEvent::Error(e)) => return (Err(e), left),
+                Some(GenEvent::Done(c)) => return Ok((text, c)),
+                Some(GenEvent::Error(e)) => return Err(engine_error(e)),
                 None => {
-                    let e = EngineError::Internal(
+                    return Err(engine_error(EngineError::Internal(
                         "the engine stopped before the request finished".into(),
-                    );
-                    return (Err(e), left);
+                    )))
                 }
             }
         }

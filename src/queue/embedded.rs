@@ -1,0 +1,782 @@
+//! The embedded queue: job state in the event log's database, a ready set in memory.
+//!
+//! The log (through the `jobs` projection) is the truth; the in-memory [`State`] is what
+//! this process derived from it at start-up and has changed since, each change made only
+//! after its event committed. A claim (the worker taking the next job) is a pop from the
+//! ready set; `job.started` follows from the run. Enqueue reserves room under the lock
+//! before it appends, so `max_depth` and the per-owner cap hold under concurrency and a
+//! refused job leaves nothing behind.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::events::projections::jobs::{self as proj, priority_rank, JobRecord};
+use crate::events::{self as ev, Event, EventStore, SideWrite};
+
+pub(super) const PAYLOADS: &str = "job_payloads";
+pub(super) const RESULTS: &str = "job_results";
+/// How long an `Idempotency-Key` maps to its job.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Limits and timings of the queue (`[queue]`).
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub max_depth: usize,
+    pub max_queued_per_principal: usize,
+    pub max_attempts: u32,
+    pub lease: Duration,
+    pub retention: Duration,
+    pub job_timeout: Duration,
+    pub concurrency: usize,
+    pub worker_name: String,
+    /// `[audit] record_content`: outputs' text in `job.completed`.
+    pub record_content: bool,
+}
+
+/// A job this process took from the ready set and has not finished.
+pub(super) struct Running {
+    pub cancel: Arc<JobCancel>,
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    /// (priority rank, job id): the first is the next to start.
+    pub ready: BTreeSet<(u8, String)>,
+    pub running: HashMap<String, Running>,
+    /// Queued jobs per owner, reservations included.
+    pub queued_by_owner: HashMap<String, usize>,
+    /// (model, owner) of each queued job.
+    pub queued_meta: HashMap<String, (String, String)>,
+    /// Enqueues that reserved room and have not committed yet.
+    pub reserved: usize,
+    pub paused: bool,
+    /// Shutting down: nothing more starts.
+    pub draining: bool,
+    pub waiters: HashMap<String, Vec<oneshot::Sender<JobEnd>>>,
+    pub idempotency_in_flight: HashSet<String>,
+    /// When each queued job was enqueued (this process), for queue wait figures.
+    pub enqueued_at: HashMap<String, Instant>,
+    pub waker: Option<Waker>,
+    pub heartbeats: HashMap<String, chrono::DateTime<Utc>>,
+    /// (when, tokens) of jobs completed in the last minute.
+    pub recent: VecDeque<(Instant, u64)>,
+}
+
+impl State {
+    fn depth(&self) -> usize {
+        self.ready.len() + self.running.len() + self.reserved
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn position(&self, job_id: &str) -> Option<usize> {
+        self.ready
+            .iter()
+            .position(|(_, id)| id == job_id)
+            .map(|p| p + 1)
+    }
+
+    fn unqueue_owner(&mut self, owner: &str) {
+        if let Some(n) = self.queued_by_owner.get_mut(owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.queued_by_owner.remove(owner);
+            }
+        }
+    }
+
+    fn insert_ready(&mut self, j: &JobRecord) {
+        self.ready
+            .insert((priority_rank(&j.priority), j.job_id.clone()));
+        *self
+            .queued_by_owner
+            .entry(j.owner.clone().unwrap_or_default())
+            .or_default() += 1;
+        self.queued_meta.insert(
+            j.job_id.clone(),
+            (j.model.clone(), j.owner.clone().unwrap_or_default()),
+        );
+        self.wake();
+    }
+
+    fn remove_ready(&mut self, j: &JobRecord) -> bool {
+        let removed = self
+            .ready
+            .remove(&(priority_rank(&j.priority), j.job_id.clone()));
+        if removed {
+            self.unqueue_owner(j.owner.as_deref().unwrap_or_default());
+            self.queued_meta.remove(&j.job_id);
+        }
+        removed
+    }
+}
+
+pub struct EmbeddedQueue {
+    pub(super) store: EventStore,
+    pub(super) settings: QueueSettings,
+    pub(super) state: Mutex<State>,
+    pub(super) payloads: Mutex<HashMap<String, Arc<JobRequest>>>,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// The digest an `Idempotency-Key` is stored under: owner and key, never the key alone.
+pub fn idempotency_digest(owner: &str, key: &str) -> String {
+    let mut data = owner.as_bytes().to_vec();
+    data.push(0);
+    data.extend_from_slice(key.as_bytes());
+    sha256_hex(&data)
+}
+
+pub fn body_digest(body: &[u8]) -> String {
+    sha256_hex(body)
+}
+
+impl EmbeddedQueue {
+    /// Loads the queue from the `jobs` projection: queued jobs into the ready set, the
+    /// paused flag. Jobs found `running` belong to a process that is gone; the worker
+    /// start-up hands them back ([`EmbeddedQueue::recover`]).
+    pub fn open(store: EventStore, settings: QueueSettings) -> Result<Arc<Self>, QueueError> {
+        let mut state = State {
+            paused: proj::is_paused(&store)?,
+            ..State::default()
+        };
+        for (_, id) in proj::queued_ids(&store)? {
+            if let Some(j) = proj::get(&store, &id)? {
+                state.insert_ready(&j);
+            }
+        }
+        Ok(Arc::new(EmbeddedQueue {
+            store,
+            settings,
+            state: Mutex::new(state),
+            payloads: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data (every change is one
+        // statement), so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn settings(&self) -> &QueueSettings {
+        &self.settings
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    fn record(&self, job_id: &str) -> Result<JobRecord, QueueError> {
+        proj::get(&self.store, job_id)?.ok_or_else(|| QueueError::NotFound(job_id.to_string()))
+    }
+
+    /// The stored request of a job.
+    pub(super) fn payload(&self, job_id: &str) -> Result<Option<Arc<JobRequest>>, QueueError> {
+        if let Some(p) = self
+            .payloads
+            .lock()
+            .ok()
+            .and_then(|m| m.get(job_id).cloned())
+        {
+            return Ok(Some(p));
+        }
+        match self.store.side_get(PAYLOADS, job_id.as_bytes())? {
+            None => Ok(None),
+            Some(bytes) => Ok(serde_json::from_slice(&bytes).ok().map(Arc::new)),
+        }
+    }
+
+    /// The next job to start, unless paused or draining; registers `waker` otherwise.
+    pub(super) fn claim(&self, waker: &Waker) -> Option<(String, Arc<JobCancel>)> {
+        let mut s = self.lock();
+        if s.paused || s.draining {
+            s.waker = Some(waker.clone());
+            return None;
+        }
+        let Some(first) = s.ready.pop_first() else {
+            s.waker = Some(waker.clone());
+            return None;
+        };
+        let job_id = first.1;
+        let (_, owner) = s.queued_meta.remove(&job_id).unwrap_or_default();
+        s.unqueue_owner(&owner);
+        let cancel = Arc::new(JobCancel::default());
+        s.running.insert(
+            job_id.clone(),
+            Running {
+                cancel: cancel.clone(),
+            },
+        );
+        Some((job_id, cancel))
+    }
+
+    /// How long a job waited in this process's queue before it was claimed.
+    pub(super) fn take_wait(&self, job_id: &str) -> Option<Duration> {
+        self.lock().enqueued_at.remove(job_id).map(|t| t.elapsed())
+    }
+
+    /// A run ended with `record` as the job's state: wakes waiters, forgets the run. A job
+    /// handed back to the queue (`queued` again) returns to the ready set.
+    pub(super) fn finish_run(
+        &self,
+        record: JobRecord,
+        text: Option<String>,
+        completion: Option<Completion>,
+        error: Option<ExecError>,
+    ) {
+        let mut s = self.lock();
+        s.running.remove(&record.job_id);
+        self.payloads_forget(&record);
+        if record.status == "queued" {
+            s.insert_ready(&record);
+            return;
+        }
+        if record.status == "completed" {
+            let now = Instant::now();
+            s.recent
+                .push_back((now, record.completion_tokens.unwrap_or_default()));
+        }
+        if let Some(ws) = s.waiters.remove(&record.job_id) {
+            let end = JobEnd {
+                record,
+                text,
+                completion,
+                error,
+            };
+            for w in ws {
+                let _ = w.send(end.clone());
+            }
+        }
+    }
+
+    fn payloads_forget(&self, record: &JobRecord) {
+        if record.is_finished() {
+            if let Ok(mut p) = self.payloads.lock() {
+                p.remove(&record.job_id);
+            }
+        }
+    }
+
+    /// The run of `job_id` in this process, if any.
+    pub(super) fn running_cancel(&self, job_id: &str) -> Option<Arc<JobCancel>> {
+        self.lock().running.get(job_id).map(|r| r.cancel.clone())
+    }
+
+    pub(super) fn heartbeat(&self, worker: &str) {
+        self.lock()
+            .heartbeats
+            .insert(worker.to_string(), Utc::now());
+    }
+
+    /// Stops claiming and cancels every run with [`SHUTDOWN`]: their runs hand them back.
+    pub(super) fn drain(&self, cancel_running: bool) {
+        let mut s = self.lock();
+        s.draining = true;
+        if cancel_running {
+            for r in s.running.values() {
+                r.cancel.cancel(SHUTDOWN);
+            }
+        }
+    }
+
+    pub(super) fn running_count(&self) -> usize {
+        self.lock().running.len()
+    }
+
+    /// Jobs the log shows running but no run of this process holds, last changed before
+    /// `older_than` ago: their worker is gone (a crash, `kill -9`). Each goes back to the
+    /// queue with its attempt counted, or is dead once `max_attempts` were spent.
+    pub async fn recover(&self, older_than: Duration) -> Result<usize, QueueError> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or_default();
+        let orphans: Vec<JobRecord> = proj::list(&self.store)?
+            .into_iter()
+            .filter(|j| j.status == "running" && j.updated_at <= cutoff)
+            .filter(|j| !self.lock().running.contains_key(&j.job_id))
+            .collect();
+        let reason = if older_than.is_zero() {
+            "worker_lost"
+        } else {
+            "lease_expired"
+        };
+        for j in &orphans {
+            let event = if j.attempts >= self.settings.max_attempts {
+                Event::JobDead(ev::JobDead {
+                    job_id: j.job_id.clone(),
+                    error: format!(
+                        "its worker was lost on attempt {} of {}",
+                        j.attempts, self.settings.max_attempts
+                    ),
+                })
+            } else {
+                Event::JobRequeued(ev::JobRequeued {
+                    job_id: j.job_id.clone(),
+                    reason: reason.into(),
+                    counts_attempt: true,
+                })
+            };
+            self.store
+                .append(&EventContext::system(), vec![event])
+                .await?;
+            let after = self.record(&j.job_id)?;
+            let mut s = self.lock();
+            if after.status == "queued" {
+                s.insert_ready(&after);
+            }
+        }
+        Ok(orphans.len())
+    }
+
+    fn retry_after_full(&self) -> QueueError {
+        QueueError::Full {
+            max_depth: self.settings.max_depth,
+        }
+    }
+
+    /// Reserves room for one job of `owner`; undone by [`EmbeddedQueue::unreserve`].
+    fn reserve(&self, owner: &str, idem: Option<&str>) -> Result<(), QueueError> {
+        let mut s = self.lock();
+        if s.draining {
+            return Err(QueueError::ShuttingDown);
+        }
+        if s.depth() >= self.settings.max_depth {
+            return Err(self.retry_after_full());
+        }
+        let owned = s.queued_by_owner.get(owner).copied().unwrap_or_default();
+        if owned >= self.settings.max_queued_per_principal {
+            return Err(QueueError::OwnerCap {
+                cap: self.settings.max_queued_per_principal,
+            });
+        }
+        if let Some(d) = idem {
+            if !s.idempotency_in_flight.insert(d.to_string()) {
+                return Err(QueueError::Conflict(
+                    "a request with this Idempotency-Key is being queued".into(),
+                ));
+            }
+        }
+        s.reserved += 1;
+        *s.queued_by_owner.entry(owner.to_string()).or_default() += 1;
+        Ok(())
+    }
+
+    fn unreserve(&self, s: &mut State, owner: &str, idem: Option<&str>) {
+        s.reserved = s.reserved.saturating_sub(1);
+        s.unqueue_owner(owner);
+        if let Some(d) = idem {
+            s.idempotency_in_flight.remove(d);
+        }
+    }
+
+    /// An earlier job of the same idempotency key, or 409 when the body differs.
+    fn idempotent_hit(&self, idem: &IdempotencyRecord) -> Result<Option<Enqueued>, QueueError> {
+        let Some(hit) = proj::idempotency(&self.store, &idem.key_sha256)? else {
+            return Ok(None);
+        };
+        let age = (Utc::now() - hit.at).to_std().unwrap_or_default();
+        if age > IDEMPOTENCY_TTL {
+            return Ok(None);
+        }
+        if hit.body_sha256 != idem.body_sha256 {
+            return Err(QueueError::Conflict(
+                "this Idempotency-Key was used with a different request body".into(),
+            ));
+        }
+        let Some(record) = proj::get(&self.store, &hit.job_id)? else {
+            return Ok(None); // purged: queue it again
+        };
+        Ok(Some(Enqueued {
+            position: self.position(&record.job_id),
+            record,
+            existing: true,
+        }))
+    }
+
+    fn page_of(
+        &self,
+        ids: impl Iterator<Item = String>,
+        filter: &JobFilter,
+        limit: usize,
+    ) -> Result<JobPage, QueueError> {
+        let limit = limit.clamp(1, crate::paging::MAX_LIMIT);
+        let mut jobs = Vec::new();
+        let mut next_cursor = None;
+        for id in ids {
+            let Some(j) = proj::get(&self.store, &id)? else {
+                continue;
+            };
+            if !filter.matches(&j) {
+                continue;
+            }
+            if jobs.len() == limit {
+                next_cursor = jobs.last().map(|j: &JobRecord| j.job_id.clone());
+                break;
+            }
+            jobs.push(j);
+        }
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    /// Commits `events` about a job that is not running here, then re-reads it.
+    async fn change(
+        &self,
+        ctx: &EventContext,
+        job_id: &str,
+        events: Vec<Event>,
+    ) -> Result<JobRecord, QueueError> {
+        self.store.append(ctx, events).await?;
+        self.record(job_id)
+    }
+
+    /// Wakes the waiters of a job that finished without a run (cancelled while queued).
+    fn notify_end(&self, record: &JobRecord) {
+        let ws = self.lock().waiters.remove(&record.job_id);
+        for w in ws.into_iter().flatten() {
+            let _ = w.send(JobEnd {
+                record: record.clone(),
+                text: None,
+                completion: None,
+                error: None,
+            });
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl JobQueue for EmbeddedQueue {
+    async fn enqueue(&self, ctx: &EventContext, job: NewJob) -> Result<Enqueued, QueueError> {
+        if let Some(idem) = &job.idempotency {
+            if let Some(hit) = self.idempotent_hit(idem)? {
+                return Ok(hit);
+            }
+        }
+        let idem = job.idempotency.as_ref().map(|i| i.key_sha256.clone());
+        self.reserve(&job.owner, idem.as_deref())?;
+        let job_id = uuid::Uuid::now_v7().to_string();
+        let payload = serde_json::to_vec(&job.request).unwrap_or_default();
+        let event = Event::JobQueued(ev::JobQueued {
+            job_id: job_id.clone(),
+            kind: "inference".into(),
+            model: job.request.model.clone(),
+            owner: job.owner.clone(),
+            priority: job.priority.as_str().into(),
+            params: job.params_record,
+            prompt: job.prompt_record,
+            idempotency: job.idempotency,
+        });
+        let side = vec![SideWrite::put(PAYLOADS, job_id.as_bytes(), payload)];
+        let appended = self.store.append_with(ctx, vec![event], side).await;
+        let mut s = self.lock();
+        self.unreserve(&mut s, &job.owner, idem.as_deref());
+        appended?;
+        let record = JobRecord {
+            job_id: job_id.clone(),
+            kind: "inference".into(),
+            model: job.request.model.clone(),
+            owner: Some(job.owner.clone()),
+            priority: job.priority.as_str().into(),
+            status: "queued".into(),
+            attempts: 0,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            worker: None,
+            finish_reason: None,
+            error_code: None,
+            error: None,
+            cancelled_by: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            timings: None,
+        };
+        if let Ok(mut p) = self.payloads.lock() {
+            p.insert(job_id.clone(), Arc::new(job.request));
+        }
+        s.enqueued_at.insert(job_id.clone(), Instant::now());
+        s.insert_ready(&record);
+        let position = s.position(&job_id);
+        drop(s);
+        let record = proj::get(&self.store, &job_id)?.unwrap_or(record);
+        Ok(Enqueued {
+            record,
+            position,
+            existing: false,
+        })
+    }
+
+    fn wait(&self, job_id: &str) -> oneshot::Receiver<JobEnd> {
+        let (tx, rx) = oneshot::channel();
+        let finished = proj::get(&self.store, job_id)
+            .ok()
+            .flatten()
+            .filter(|j| j.is_finished());
+        match finished {
+            Some(record) => {
+                let text = self.result_text(job_id).ok().flatten();
+                let _ = tx.send(JobEnd {
+                    record,
+                    text,
+                    completion: None,
+                    error: None,
+                });
+            }
+            None => self
+                .lock()
+                .waiters
+                .entry(job_id.to_string())
+                .or_default()
+                .push(tx),
+        }
+        rx
+    }
+
+    fn get(&self, job_id: &str) -> Result<Option<JobRecord>, QueueError> {
+        Ok(proj::get(&self.store, job_id)?)
+    }
+
+    fn position(&self, job_id: &str) -> Option<usize> {
+        self.lock().position(job_id)
+    }
+
+    fn result_text(&self, job_id: &str) -> Result<Option<String>, QueueError> {
+        Ok(self
+            .store
+            .side_get(RESULTS, job_id.as_bytes())?
+            .and_then(|b| String::from_utf8(b).ok()))
+    }
+
+    fn list(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<JobPage, QueueError> {
+        let before = |id: &String| cursor.is_none_or(|c| id.as_str() < c);
+        match &filter.owner {
+            Some(owner) => {
+                let mut ids = proj::owner_job_ids(&self.store, owner)?;
+                ids.retain(before);
+                self.page_of(ids.into_iter().rev(), filter, limit)
+            }
+            None => {
+                let mut ids: Vec<String> = proj::list(&self.store)?
+                    .into_iter()
+                    .map(|j| j.job_id)
+                    .collect();
+                ids.retain(before);
+                self.page_of(ids.into_iter().rev(), filter, limit)
+            }
+        }
+    }
+
+    async fn cancel(
+        &self,
+        ctx: &EventContext,
+        job_id: &str,
+        by: &str,
+    ) -> Result<JobRecord, QueueError> {
+        let j = self.record(job_id)?;
+        if j.is_finished() {
+            return Err(QueueError::Conflict(format!("job is already {}", j.status)));
+        }
+        if let Some(cancel) = self.running_cancel(job_id) {
+            cancel.cancel(by);
+            return self.record(job_id);
+        }
+        if !self.lock().remove_ready(&j) {
+            return Err(QueueError::Conflict(format!("job is {}", j.status)));
+        }
+        let event = Event::JobCancelled(ev::JobCancelled {
+            job_id: job_id.to_string(),
+            by: by.to_string(),
+            output: None,
+            completion_tokens: None,
+        });
+        match self.change(ctx, job_id, vec![event]).await {
+            Ok(after) => {
+                self.lock().enqueued_at.remove(job_id);
+                self.notify_end(&after);
+                Ok(after)
+            }
+            Err(e) => {
+                self.lock().insert_ready(&j);
+                Err(e)
+            }
+        }
+    }
+
+    async fn retry(&self, ctx: &EventContext, job_id: &str) -> Result<JobRecord, QueueError> {
+        let j = self.record(job_id)?;
+        if !matches!(j.status.as_str(), "failed" | "dead" | "cancelled") {
+            return Err(QueueError::Conflict(format!(
+                "only failed, dead or cancelled jobs can be retried; this one is {}",
+                j.status
+            )));
+        }
+        if self.store.side_get(PAYLOADS, job_id.as_bytes())?.is_none() {
+            return Err(QueueError::Conflict(
+                "this job's request is no longer stored".into(),
+            ));
+        }
+        let event = Event::JobRetried(ev::JobRetried {
+            job_id: job_id.to_string(),
+            attempt: 0,
+        });
+        let after = self.change(ctx, job_id, vec![event]).await?;
+        self.lock().insert_ready(&after);
+        Ok(after)
+    }
+
+    async fn set_priority(
+        &self,
+        ctx: &EventContext,
+        job_id: &str,
+        priority: Priority,
+    ) -> Result<JobRecord, QueueError> {
+        let j = self.record(job_id)?;
+        if j.is_finished() {
+            return Err(QueueError::Conflict(format!("job is already {}", j.status)));
+        }
+        if j.priority == priority.as_str() {
+            return Ok(j);
+        }
+        let queued = self.lock().remove_ready(&j);
+        let event = Event::JobPriorityChanged(ev::JobPriorityChanged {
+            job_id: job_id.to_string(),
+            from: j.priority.clone(),
+            to: priority.as_str().into(),
+        });
+        match self.change(ctx, job_id, vec![event]).await {
+            Ok(after) => {
+                if queued {
+                    self.lock().insert_ready(&after);
+                }
+                Ok(after)
+            }
+            Err(e) => {
+                if queued {
+                    self.lock().insert_ready(&j);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn pause(&self, ctx: &EventContext) -> Result<(), QueueError> {
+        if self.lock().paused {
+            return Ok(());
+        }
+        let event = Event::QueuePaused(ev::QueuePaused { reason: None });
+        self.store.append(ctx, vec![event]).await?;
+        self.lock().paused = true;
+        Ok(())
+    }
+
+    async fn resume(&self, ctx: &EventContext) -> Result<(), QueueError> {
+        if !self.lock().paused {
+            return Ok(());
+        }
+        self.store
+            .append(ctx, vec![Event::QueueResumed(ev::QueueResumed {})])
+            .await?;
+        let mut s = self.lock();
+        s.paused = false;
+        s.wake();
+        Ok(())
+    }
+
+    async fn purge(
+        &self,
+        ctx: &EventContext,
+        statuses: &[String],
+        older_than: Duration,
+        automatic: bool,
+    ) -> Result<u64, QueueError> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or_default();
+        let doomed: Vec<JobRecord> = proj::list(&self.store)?
+            .into_iter()
+            .filter(|j| statuses.contains(&j.status))
+            .filter(|j| j.finished_at.is_some_and(|t| t < cutoff))
+            .collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let side = doomed
+            .iter()
+            .flat_map(|j| {
+                [
+                    SideWrite::delete(PAYLOADS, j.job_id.as_bytes()),
+                    SideWrite::delete(RESULTS, j.job_id.as_bytes()),
+                ]
+            })
+            .collect();
+        let event = Event::QueuePurged(ev::QueuePurged {
+            statuses: statuses.to_vec(),
+            finished_before: cutoff,
+            count: doomed.len() as u64,
+            automatic,
+        });
+        self.store.append_with(ctx, vec![event], side).await?;
+        Ok(doomed.len() as u64)
+    }
+
+    fn stats(&self) -> Result<QueueStats, QueueError> {
+        let jobs = proj::list(&self.store)?;
+        let mut by_status: Vec<(String, u64)> =
+            STATUSES.iter().map(|s| (s.to_string(), 0)).collect();
+        let mut by_model: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        let mut oldest: Option<chrono::DateTime<Utc>> = None;
+        for j in &jobs {
+            if let Some(e) = by_status.iter_mut().find(|(s, _)| *s == j.status) {
+                e.1 += 1;
+            }
+            match j.status.as_str() {
+                "queued" => {
+                    by_model.entry(j.model.clone()).or_default().0 += 1;
+                    oldest = Some(oldest.map_or(j.updated_at, |o| o.min(j.updated_at)));
+                }
+                "running" => by_model.entry(j.model.clone()).or_default().1 += 1,
+                _ => {}
+            }
+        }
+        let mut s = self.lock();
+        let minute = Duration::from_secs(60);
+        while s.recent.front().is_some_and(|(t, _)| t.elapsed() > minute) {
+            s.recent.pop_front();
+        }
+        let workers = s
+            .heartbeats
+            .iter()
+            .map(|(name, at)| WorkerInfo {
+                name: name.clone(),
+                last_heartbeat: *at,
+                running_jobs: s.running.keys().cloned().collect(),
+            })
+            .collect();
+        Ok(QueueStats {
+            by_status,
+            by_model: by_model.into_iter().map(|(m, (q, r))| (m, q, r)).collect(),
+            oldest_queued_age: oldest.map(|o| (Utc::now() - o).to_std().unwrap_or_default()),
+            workers,
+            completed_last_minute: s.recent.len() as u64,
+            tokens_last_minute: s.recent.iter().map(|(_, t)| t).sum(),
+            paused: s.paused,
+            max_depth: self.settings.max_depth,
+        })
+    }
+}
