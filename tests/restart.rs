@@ -126,7 +126,7 @@ async fn fifty_inferences_then_a_restart_verify_with_the_head_unchanged() {
         .collect();
     assert_eq!(completed.len(), 52);
     for e in &completed {
-        assert_eq!(e["version"], 2);
+        assert_eq!(e["version"], 1);
         assert!(
             e["payload"]["timings"]["prompt_us"].as_u64().unwrap() > 0,
             "{e}"

@@ -49,6 +49,8 @@ pub(super) struct Running {
 pub(super) struct State {
     /// (priority rank, job id): the first is the next to start.
     pub ready: BTreeSet<(u8, String)>,
+    /// Ready jobs per priority rank.
+    pub ready_by_rank: [usize; 4],
     pub running: HashMap<String, Running>,
     /// Queued jobs per owner, reservations included.
     pub queued_by_owner: HashMap<String, usize>,
@@ -96,9 +98,16 @@ impl State {
         }
     }
 
+    /// Place of the newest job of `rank` (the last of its priority): O(1).
+    fn position_of_newest(&self, rank: u8) -> usize {
+        self.ready_by_rank[..=rank as usize].iter().sum()
+    }
+
     fn insert_ready(&mut self, j: &JobRecord) {
-        self.ready
-            .insert((priority_rank(&j.priority), j.job_id.clone()));
+        let rank = priority_rank(&j.priority);
+        if self.ready.insert((rank, j.job_id.clone())) {
+            self.ready_by_rank[rank as usize] += 1;
+        }
         *self
             .queued_by_owner
             .entry(j.owner.clone().unwrap_or_default())
@@ -111,10 +120,10 @@ impl State {
     }
 
     fn remove_ready(&mut self, j: &JobRecord) -> bool {
-        let removed = self
-            .ready
-            .remove(&(priority_rank(&j.priority), j.job_id.clone()));
+        let rank = priority_rank(&j.priority);
+        let removed = self.ready.remove(&(rank, j.job_id.clone()));
         if removed {
+            self.ready_by_rank[rank as usize] -= 1;
             self.unqueue_owner(j.owner.as_deref().unwrap_or_default());
             self.queued_meta.remove(&j.job_id);
         }
@@ -212,6 +221,7 @@ impl EmbeddedQueue {
             s.waker = Some(waker.clone());
             return None;
         };
+        s.ready_by_rank[first.0 as usize] -= 1;
         let job_id = first.1;
         let (_, owner) = s.queued_meta.remove(&job_id).unwrap_or_default();
         s.unqueue_owner(&owner);
@@ -509,7 +519,7 @@ impl JobQueue for EmbeddedQueue {
         }
         s.enqueued_at.insert(job_id.clone(), Instant::now());
         s.insert_ready(&record);
-        let position = s.position(&job_id);
+        let position = Some(s.position_of_newest(priority_rank(&record.priority)));
         drop(s);
         let record = proj::get(&self.store, &job_id)?.unwrap_or(record);
         Ok(Enqueued {
