@@ -259,9 +259,13 @@ impl Writer {
                 if let Ok(mut head) = self.head.write() {
                     *head = (self.seq, self.hash.clone());
                 }
+                // Envelopes are cloned for the live tail only while someone tails it.
+                let tailed = self.live.receiver_count() > 0;
                 for (reply, envs) in accepted {
-                    for env in &envs {
-                        let _ = self.live.send(Arc::new(env.clone()));
+                    if tailed {
+                        for env in &envs {
+                            let _ = self.live.send(Arc::new(env.clone()));
+                        }
                     }
                     let _ = reply.send(Ok(envs));
                 }

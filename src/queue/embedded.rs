@@ -492,7 +492,7 @@ impl JobQueue for EmbeddedQueue {
         let appended = self.store.append_with(ctx, vec![event], side).await;
         let mut s = self.lock();
         self.unreserve(&mut s, &job.owner, idem.as_deref());
-        appended?;
+        let ts = appended?.first().map_or_else(Utc::now, |e| e.ts);
         let record = JobRecord {
             job_id: job_id.clone(),
             kind: "inference".into(),
@@ -501,8 +501,8 @@ impl JobQueue for EmbeddedQueue {
             priority: job.priority.as_str().into(),
             status: "queued".into(),
             attempts: 0,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
+            created_at: ts,
+            updated_at: ts,
             started_at: None,
             finished_at: None,
             worker: None,
@@ -521,7 +521,6 @@ impl JobQueue for EmbeddedQueue {
         s.insert_ready(&record);
         let position = Some(s.position_of_newest(priority_rank(&record.priority)));
         drop(s);
-        let record = proj::get(&self.store, &job_id)?.unwrap_or(record);
         Ok(Enqueued {
             record,
             position,
