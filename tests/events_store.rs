@@ -285,7 +285,7 @@ const PROJECTIONS: &[&str] = &[
     "revoked_tokens",
     "models",
     "config",
-    "jobs",
+    "jobs.v2",
 ];
 
 // ---------- tests ----------
@@ -919,7 +919,7 @@ async fn envelopes_stored_in_another_encoding_are_reported_not_re_encoded() {
     let store = open(dir.path());
     mixed_workload(&store).await;
     let before: Vec<Envelope> = store.range(0).map(Result::unwrap).collect();
-    let jobs_before = admin::projection_snapshot(&store, "jobs").unwrap();
+    let jobs_before = admin::projection_snapshot(&store, "jobs.v2").unwrap();
     store.shutdown().await;
     drop(store);
     assert!(admin::verify_dir(dir.path(), false).unwrap().ok);
@@ -967,7 +967,7 @@ async fn envelopes_stored_in_another_encoding_are_reported_not_re_encoded() {
     let after: Vec<Envelope> = store.range(0).map(Result::unwrap).collect();
     assert_eq!(after, before);
     assert_eq!(
-        admin::projection_snapshot(&store, "jobs").unwrap(),
+        admin::projection_snapshot(&store, "jobs.v2").unwrap(),
         jobs_before
     );
     store.shutdown().await;

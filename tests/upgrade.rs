@@ -136,6 +136,23 @@ async fn a_data_dir_of_the_previous_build_verifies_starts_and_hides_its_hashes()
         completed["payload"]["timings"]["prompt_ms"].is_f64(),
         "{completed}"
     );
+    // Jobs from before the durable queue are in the queue's view, counted as completed.
+    let queue = get("/api/v1/queue".into()).await;
+    let completed_jobs = queue["by_status"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["status"] == "completed")
+        .unwrap()["count"]
+        .as_u64()
+        .unwrap();
+    let old_completions = get("/api/v1/audit/events?type=inference.completed&limit=1000".into())
+        .await["events"]
+        .as_array()
+        .unwrap()
+        .len() as u64;
+    assert!(old_completions >= 1);
+    assert_eq!(completed_jobs, old_completions, "{queue}");
     let page = get("/api/v1/audit/events?type=user.created,user.password_changed".into()).await;
     let users = page["events"].as_array().unwrap();
     assert!(users.len() >= 3);

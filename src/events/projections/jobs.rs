@@ -7,10 +7,13 @@
 //!     in-memory ready set from this at start-up.
 //!   - `o<owner>\0<job id>`: each owner's jobs, for `GET /api/v1/jobs`.
 //!   - `i<key digest>`: idempotency keys → [`IdempotencyEntry`].
+//!   - `r<job id>`: running jobs (lease checks scan only these).
+//!   - `n:<status>`: how many jobs are in each state (big-endian u64).
 //!   - `s:paused`: present while the queue is paused.
 //!
 //! Old `inference.*` events (before the durable queue) still fold into records, without an
-//! owner or priority.
+//! owner or priority. The projection is named `jobs.v2`: a data dir from before the queue
+//! has no checkpoint of that name, so the whole log is folded into it once at start-up.
 
 use super::*;
 use crate::events::TimingsRecord;
@@ -113,7 +116,28 @@ fn idempotency_key(digest: &str) -> Vec<u8> {
     k
 }
 
-/// Applies `f` to the job and keeps the queued index in step with its status.
+fn running_key(job_id: &str) -> Vec<u8> {
+    let mut k = vec![b'r'];
+    k.extend_from_slice(job_id.as_bytes());
+    k
+}
+
+fn count_key(status: &str) -> Vec<u8> {
+    format!("n:{status}").into_bytes()
+}
+
+/// Adds `delta` to the count of jobs in `status`.
+fn add_count(tx: &mut ProjectionTx<'_>, status: &str, delta: i64) -> Result<(), EventError> {
+    let key = count_key(status);
+    let now = tx
+        .get(INDEX, &key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes);
+    let next = now.saturating_add_signed(delta);
+    tx.put(INDEX, key, next.to_be_bytes().to_vec())
+}
+
+/// Applies `f` to the job and keeps the indexes and counts in step with its status.
 fn update(
     tx: &mut ProjectionTx<'_>,
     job_id: &str,
@@ -135,6 +159,16 @@ fn update(
     if j.status == "queued" {
         j.finished_at = None;
         tx.put(INDEX, queued_key(&j.priority, job_id), Vec::new())?;
+    }
+    if before.0 != j.status {
+        if before.0 == "running" {
+            tx.delete(INDEX, running_key(job_id))?;
+        }
+        if j.status == "running" {
+            tx.put(INDEX, running_key(job_id), Vec::new())?;
+        }
+        add_count(tx, &before.0, -1)?;
+        add_count(tx, &j.status, 1)?;
     }
     tx.put_json(KS, job_id.as_bytes(), &j)?;
     Ok(())
@@ -166,7 +200,7 @@ fn new_record(env: &Envelope, job_id: &str, model: &str) -> JobRecord {
 
 impl Projection for JobsProjection {
     fn name(&self) -> &'static str {
-        "jobs"
+        "jobs.v2"
     }
     fn reads_payload(&self) -> bool {
         false
@@ -189,6 +223,7 @@ impl Projection for JobsProjection {
                 j.priority = e.priority.clone();
                 tx.put_json(KS, e.job_id.as_bytes(), &j)?;
                 tx.put(INDEX, queued_key(&e.priority, &e.job_id), Vec::new())?;
+                add_count(tx, "queued", 1)?;
                 tx.put(INDEX, owner_key(&e.owner, &e.job_id), Vec::new())?;
                 if let Some(idem) = &e.idempotency {
                     let entry = IdempotencyEntry {
@@ -259,6 +294,7 @@ impl Projection for JobsProjection {
                     let old = j.finished_at.is_some_and(|t| t < e.finished_before);
                     if old && e.statuses.contains(&j.status) {
                         tx.delete(KS, k)?;
+                        add_count(tx, &j.status, -1)?;
                         if let Some(owner) = &j.owner {
                             tx.delete(INDEX, owner_key(owner, &j.job_id))?;
                         }
@@ -269,6 +305,7 @@ impl Projection for JobsProjection {
             Event::InferenceQueued(e) => {
                 let j = new_record(env, &e.job_id, &e.model);
                 tx.put_json(KS, e.job_id.as_bytes(), &j)?;
+                add_count(tx, "queued", 1)?;
             }
             Event::InferenceStarted(e) => update(tx, &e.job_id, env, |j| {
                 j.status = set("running");
@@ -317,6 +354,23 @@ pub fn queued_ids(store: &EventStore) -> Result<Vec<(String, String)>, EventErro
             Some((p.to_string(), id))
         })
         .collect())
+}
+
+/// Ids of running jobs.
+pub fn running_ids(store: &EventStore) -> Result<Vec<String>, EventError> {
+    Ok(store
+        .projection_scan(INDEX, b"r")?
+        .into_iter()
+        .filter_map(|(k, _)| String::from_utf8(k[1..].to_vec()).ok())
+        .collect())
+}
+
+/// How many jobs are in `status`.
+pub fn count(store: &EventStore, status: &str) -> Result<u64, EventError> {
+    Ok(store
+        .projection_get(INDEX, &count_key(status))?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes))
 }
 
 /// Job ids of one owner, oldest first.

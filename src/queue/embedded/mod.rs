@@ -315,7 +315,13 @@ impl EmbeddedQueue {
     /// queue with its attempt counted, or is dead once `max_attempts` were spent.
     pub async fn recover(&self, older_than: Duration) -> Result<usize, QueueError> {
         let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or_default();
-        let orphans: Vec<JobRecord> = proj::list(&self.store)?
+        let mut orphans = Vec::new();
+        for id in proj::running_ids(&self.store)? {
+            if let Some(j) = proj::get(&self.store, &id)? {
+                orphans.push(j);
+            }
+        }
+        let orphans: Vec<JobRecord> = orphans
             .into_iter()
             .filter(|j| j.status == "running" && j.updated_at <= cutoff)
             .filter(|j| !self.lock().running.contains_key(&j.job_id))

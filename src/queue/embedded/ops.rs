@@ -287,22 +287,21 @@ impl JobQueue for EmbeddedQueue {
     }
 
     fn stats(&self) -> Result<QueueStats, QueueError> {
-        let jobs = proj::list(&self.store)?;
-        let mut by_status: Vec<(String, u64)> =
-            STATUSES.iter().map(|s| (s.to_string(), 0)).collect();
+        let by_status = STATUSES
+            .iter()
+            .map(|st| Ok((st.to_string(), proj::count(&self.store, st)?)))
+            .collect::<Result<Vec<_>, EventError>>()?;
         let mut by_model: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
         let mut oldest: Option<chrono::DateTime<Utc>> = None;
-        for j in &jobs {
-            if let Some(e) = by_status.iter_mut().find(|(s, _)| *s == j.status) {
-                e.1 += 1;
+        for (_, id) in proj::queued_ids(&self.store)? {
+            if let Some(j) = proj::get(&self.store, &id)? {
+                by_model.entry(j.model.clone()).or_default().0 += 1;
+                oldest = Some(oldest.map_or(j.updated_at, |o| o.min(j.updated_at)));
             }
-            match j.status.as_str() {
-                "queued" => {
-                    by_model.entry(j.model.clone()).or_default().0 += 1;
-                    oldest = Some(oldest.map_or(j.updated_at, |o| o.min(j.updated_at)));
-                }
-                "running" => by_model.entry(j.model.clone()).or_default().1 += 1,
-                _ => {}
+        }
+        for id in proj::running_ids(&self.store)? {
+            if let Some(j) = proj::get(&self.store, &id)? {
+                by_model.entry(j.model.clone()).or_default().1 += 1;
             }
         }
         let mut s = self.lock();
