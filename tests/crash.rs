@@ -12,17 +12,9 @@ use serde_json::{json, Value};
 
 /// The `field` of every exported event of `event_type` in the stopped data dir.
 fn exported(data: &str, event_type: &str, field: &str) -> HashSet<String> {
-    let out = common::run_cli(&["audit", "export", "--data-dir", data, "--type", event_type]);
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["payload"][field]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+    common::exported_events(data, event_type)
+        .iter()
+        .map(|e| e["payload"][field].as_str().unwrap().to_string())
         .collect()
 }
 

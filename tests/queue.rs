@@ -125,15 +125,7 @@ async fn post(ts: &TestServer, token: &str, path: &str, body: Option<Value>) -> 
 }
 
 async fn overview(ts: &TestServer, token: &str) -> Value {
-    let r = ts
-        .client
-        .get(ts.at("/api/v1/queue"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+    ts.get_json(token, "/api/v1/queue").await
 }
 
 fn count(v: &Value, status: &str) -> u64 {
@@ -199,41 +191,16 @@ async fn a_job_runs_end_to_end_and_only_its_owner_or_a_queue_manager_sees_it() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let sync: Value = r.json().await.unwrap();
-    let list: Value = ts
-        .client
-        .get(ts.at("/api/v1/jobs?limit=1"))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = ts.get_json(&alice, "/api/v1/jobs?limit=1").await;
     assert_eq!(list["jobs"][0]["id"], sync["id"]);
     assert_eq!(list["jobs"][0]["status"], "completed");
     let cursor = list["next_cursor"].as_str().unwrap();
     let next: Value = ts
-        .client
-        .get(ts.at(&format!("/api/v1/jobs?limit=1&cursor={cursor}")))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&alice, &format!("/api/v1/jobs?limit=1&cursor={cursor}"))
+        .await;
     assert_eq!(next["jobs"][0]["id"], id.as_str());
     assert!(next["next_cursor"].is_null());
-    let bobs: Value = ts
-        .client
-        .get(ts.at("/api/v1/jobs"))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bobs: Value = ts.get_json(&bob, "/api/v1/jobs").await;
     assert_eq!(bobs["jobs"].as_array().unwrap().len(), 0);
 
     // Events: queued, started (worker, attempt 1), completed; the prompt as a digest.
@@ -618,34 +585,12 @@ async fn replay_rebuilds_the_same_queue() {
     .await;
     assert_eq!(r.status(), 200);
 
-    let snapshot = |ts: &TestServer, token: String| {
-        let ts_url = ts.at("/api/v1/queue/jobs");
-        let client = ts.client.clone();
-        async move {
-            let v: Value = client
-                .get(ts_url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["jobs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|j| {
-                    let mut j = j.clone();
-                    // Timings of a live record and a replayed one are the same integers;
-                    // the worker's heartbeat is not part of the job.
-                    j.as_object_mut().unwrap().remove("worker");
-                    j
-                })
-                .collect::<Vec<_>>()
-        }
-    };
-    let live = snapshot(&ts, admin.clone()).await;
+    // Every job as the queue manager lists it.
+    async fn snapshot(ts: &TestServer, token: &str) -> Vec<Value> {
+        let v = ts.get_json(token, "/api/v1/queue/jobs").await;
+        v["jobs"].as_array().unwrap().clone()
+    }
+    let live = snapshot(&ts, &admin).await;
     let cfg = ts.cfg.clone();
     let dir = ts.stop().await;
     let data = cfg.storage.data_dir.to_str().unwrap().to_string();
@@ -657,7 +602,7 @@ async fn replay_rebuilds_the_same_queue() {
     );
     let ts = common::start_full(cfg, dir, Some(FLAKY.clone() as Arc<dyn Engine>)).await;
     let admin = ts.admin_token().await;
-    let replayed = snapshot(&ts, admin.clone()).await;
+    let replayed = snapshot(&ts, &admin).await;
     assert_eq!(live, replayed);
     assert_eq!(live.len(), 4);
     assert_eq!(live[1]["priority"], "critical");

@@ -9,17 +9,6 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-/// Every exported event of `event_type` in the stopped data dir.
-fn exported(data: &str, event_type: &str) -> Vec<Value> {
-    let out = common::run_cli(&["audit", "export", "--data-dir", data, "--type", event_type]);
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .collect()
-}
-
 fn per_job(events: &[Value]) -> HashMap<String, usize> {
     let mut n = HashMap::new();
     for e in events {
@@ -110,8 +99,8 @@ async fn kill9_with_jobs_queued_and_running_loses_and_duplicates_none() {
     assert!(server.terminate().success());
 
     let data = data.to_str().unwrap();
-    let queued = per_job(&exported(data, "job.queued"));
-    let completed = per_job(&exported(data, "job.completed"));
+    let queued = per_job(&common::exported_events(data, "job.queued"));
+    let completed = per_job(&common::exported_events(data, "job.completed"));
     assert_eq!(queued.len(), 20);
     for id in &ids {
         assert_eq!(queued.get(id), Some(&1), "queued once: {id}");
@@ -119,7 +108,7 @@ async fn kill9_with_jobs_queued_and_running_loses_and_duplicates_none() {
     }
     // The jobs the crash interrupted went back with their attempt counted (one seen
     // running may have finished in the instant before the kill).
-    let lost: Vec<String> = exported(data, "job.requeued")
+    let lost: Vec<String> = common::exported_events(data, "job.requeued")
         .iter()
         .filter(|e| e["payload"]["reason"] == "worker_lost")
         .map(|e| e["payload"]["job_id"].as_str().unwrap().to_string())

@@ -277,6 +277,19 @@ pub async fn try_infer(client: &reqwest::Client, url: &str, token: &str) -> Opti
 }
 
 impl TestServer {
+    /// GET `path` with `token`; asserts 200 and returns the body.
+    pub async fn get_json(&self, token: &str, path: &str) -> Value {
+        let r = self
+            .client
+            .get(self.at(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(r.status(), 200, "GET {path}");
+        r.json().await.expect("JSON body")
+    }
+
     /// [`infer_once`] on this server.
     pub async fn infer_once(&self, token: &str) -> Value {
         infer_once(&self.client, &self.url, token).await
@@ -448,6 +461,24 @@ impl Spawned {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
+}
+
+/// Every event of `event_type` that `inferno audit export` prints for a stopped data dir.
+pub fn exported_events(data_dir: &str, event_type: &str) -> Vec<Value> {
+    let out = run_cli(&[
+        "audit",
+        "export",
+        "--data-dir",
+        data_dir,
+        "--type",
+        event_type,
+    ]);
+    assert!(out.status.success(), "audit export");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .collect()
 }
 
 /// Runs `inferno <args>` to completion.

@@ -174,27 +174,44 @@ fn update(
     Ok(())
 }
 
+fn completed(j: &mut JobRecord, finish: &str, prompt: u64, completion: u64, t: TimingsRecord) {
+    j.status = "completed".into();
+    j.finish_reason = Some(finish.to_string());
+    j.prompt_tokens = Some(prompt);
+    j.completion_tokens = Some(completion);
+    j.timings = Some(t);
+    j.error = None;
+    j.error_code = None;
+}
+
 fn new_record(env: &Envelope, job_id: &str, model: &str) -> JobRecord {
-    JobRecord {
-        job_id: job_id.to_string(),
-        kind: inference_kind(),
-        model: model.to_string(),
-        owner: None,
-        priority: normal(),
-        status: "queued".into(),
-        attempts: 0,
-        created_at: env.ts,
-        updated_at: env.ts,
-        started_at: None,
-        finished_at: None,
-        worker: None,
-        finish_reason: None,
-        error_code: None,
-        error: None,
-        cancelled_by: None,
-        prompt_tokens: None,
-        completion_tokens: None,
-        timings: None,
+    JobRecord::queued(job_id, model, env.ts)
+}
+
+impl JobRecord {
+    /// A job just queued at `ts` (priority `normal`, no owner: the caller sets those).
+    pub fn queued(job_id: &str, model: &str, ts: DateTime<Utc>) -> JobRecord {
+        JobRecord {
+            job_id: job_id.to_string(),
+            kind: inference_kind(),
+            model: model.to_string(),
+            owner: None,
+            priority: normal(),
+            status: "queued".into(),
+            attempts: 0,
+            created_at: ts,
+            updated_at: ts,
+            started_at: None,
+            finished_at: None,
+            worker: None,
+            finish_reason: None,
+            error_code: None,
+            error: None,
+            cancelled_by: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            timings: None,
+        }
     }
 }
 
@@ -241,13 +258,13 @@ impl Projection for JobsProjection {
                 j.started_at = Some(env.ts);
             })?,
             Event::JobCompleted(e) => update(tx, &e.job_id, env, |j| {
-                j.status = set("completed");
-                j.finish_reason = Some(e.finish_reason.clone());
-                j.prompt_tokens = Some(e.prompt_tokens);
-                j.completion_tokens = Some(e.completion_tokens);
-                j.timings = Some(e.timings);
-                j.error = None;
-                j.error_code = None;
+                completed(
+                    j,
+                    &e.finish_reason,
+                    e.prompt_tokens,
+                    e.completion_tokens,
+                    e.timings,
+                )
             })?,
             Event::JobFailed(e) => update(tx, &e.job_id, env, |j| {
                 j.status = set("failed");
@@ -312,12 +329,13 @@ impl Projection for JobsProjection {
                 j.attempts += 1;
             })?,
             Event::InferenceCompleted(e) => update(tx, &e.job_id, env, |j| {
-                j.status = set("completed");
-                j.finish_reason = Some(e.finish_reason.clone());
-                j.prompt_tokens = Some(e.prompt_tokens);
-                j.completion_tokens = Some(e.completion_tokens);
-                j.timings = Some(e.timings);
-                j.error = None;
+                completed(
+                    j,
+                    &e.finish_reason,
+                    e.prompt_tokens,
+                    e.completion_tokens,
+                    e.timings,
+                )
             })?,
             Event::InferenceFailed(e) => update(tx, &e.job_id, env, |j| {
                 j.status = set("failed");

@@ -35,27 +35,9 @@ impl JobQueue for EmbeddedQueue {
         let mut s = self.lock();
         self.unreserve(&mut s, &job.owner, idem.as_deref());
         let ts = appended?.first().map_or_else(Utc::now, |e| e.ts);
-        let record = JobRecord {
-            job_id: job_id.clone(),
-            kind: "inference".into(),
-            model: job.request.model.clone(),
-            owner: Some(job.owner.clone()),
-            priority: job.priority.as_str().into(),
-            status: "queued".into(),
-            attempts: 0,
-            created_at: ts,
-            updated_at: ts,
-            started_at: None,
-            finished_at: None,
-            worker: None,
-            finish_reason: None,
-            error_code: None,
-            error: None,
-            cancelled_by: None,
-            prompt_tokens: None,
-            completion_tokens: None,
-            timings: None,
-        };
+        let mut record = JobRecord::queued(&job_id, &job.request.model, ts);
+        record.owner = Some(job.owner.clone());
+        record.priority = job.priority.as_str().into();
         if let Ok(mut p) = self.payloads.lock() {
             p.insert(job_id.clone(), Arc::new(job.request));
         }
