@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
             run(&|| Credential::Jwt(token.clone()))
         });
         per_op("rate limit check", n, || {
-            let _ = limits.check(&principal.rate_key(), None);
+            let _ = limits.check(principal.rate_key(), None);
         });
         per_op("me (user view)", n, || {
             let _ = auth.me(&principal);

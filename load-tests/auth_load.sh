@@ -7,6 +7,10 @@
 # then prints requests/s and p99 latency for each, with ratios to /health.
 #
 # usage: load-tests/auth_load.sh            env: WRK_THREADS (2) WRK_CONNECTIONS (32) WRK_DURATION (10s)
+#                                                 WRK_ROUNDS (1)
+# With WRK_ROUNDS=N the three runs are repeated N times in turn (health, key, JWT, health, ...)
+# and the table shows medians: each round's ratios are taken within the round, so load from
+# other processes that comes and goes between rounds does not skew them.
 # Needs wrk (apt-get install -y wrk), curl and python3. Builds the dev-profile binary if needed;
 # set INFERNO_BIN to use another binary. The access log stays at the configured level (info:
 # one line per request, to a file), as in production; INFERNO_LOGGING__LEVEL=warn drops it.
@@ -17,6 +21,7 @@ cd "$(dirname "$0")/.."
 THREADS="${WRK_THREADS:-2}"
 CONNS="${WRK_CONNECTIONS:-32}"
 DURATION="${WRK_DURATION:-10s}"
+ROUNDS="${WRK_ROUNDS:-1}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inferno/target}"
 
 if ! command -v wrk >/dev/null; then
@@ -76,35 +81,49 @@ run() { # name, then extra wrk args; wrk's full output goes to $work/NAME.txt an
     echo "== $name: wrk -t$THREADS -c$CONNS -d$DURATION --latency $*" | sed -E 's/(X-API-Key: |Bearer )[^ ]+/\1<redacted>/'
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" | tee "$work/$name.txt" | sed -n '/Latency Distribution/,/Requests\/sec/p;/Non-2xx/p;/Socket errors/p'
 }
-run health "$base/health"
-run apikey -H "X-API-Key: $key" "$base/api/v1/auth/me"
-run jwt -H "Authorization: Bearer $token" "$base/api/v1/auth/me"
+for round in $(seq 1 "$ROUNDS"); do
+    [[ "$ROUNDS" -gt 1 ]] && echo "-- round $round of $ROUNDS"
+    run "health.$round" "$base/health"
+    run "apikey.$round" -H "X-API-Key: $key" "$base/api/v1/auth/me"
+    run "jwt.$round" -H "Authorization: Bearer $token" "$base/api/v1/auth/me"
+done
 
-python3 - "$work" <<'PY'
-import re, sys
-work = sys.argv[1]
+python3 - "$work" "$ROUNDS" <<'PY'
+import re, statistics, sys
+work, rounds = sys.argv[1], int(sys.argv[2])
 def to_ms(v):
     m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
     n, u = float(m.group(1)), m.group(2)
     return n * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[u]
-rows = []
-for name, label in (("health", "GET /health (no auth)"), ("apikey", "GET /auth/me X-API-Key"), ("jwt", "GET /auth/me Bearer JWT")):
+def parse(name):
     text = open(f"{work}/{name}.txt").read()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     p50 = to_ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
     p99 = to_ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
-    total = int(re.search(r"(\d+) requests in", text).group(1))
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     errs = re.search(r"Socket errors: (.*)", text)
-    rows.append((label, rps, p50, p99, total, int(bad.group(1)) if bad else 0, errs.group(1) if errs else ""))
-base_rps, base_p99 = rows[0][1], rows[0][3]
+    return rps, p50, p99, int(bad.group(1)) if bad else 0, errs.group(1) if errs else ""
+runs = {n: [parse(f"{n}.{r}") for r in range(1, rounds + 1)] for n in ("health", "apikey", "jwt")}
+med = statistics.median
+rows = []
+for name, label in (("health", "GET /health (no auth)"), ("apikey", "GET /auth/me X-API-Key"), ("jwt", "GET /auth/me Bearer JWT")):
+    rs = runs[name]
+    # ratios within each round, then their median
+    ratio = med(r[0] / h[0] for r, h in zip(rs, runs["health"]))
+    p99_ratio = med(r[2] / h[2] for r, h in zip(rs, runs["health"]))
+    rows.append((label, med(r[0] for r in rs), med(r[1] for r in rs), med(r[2] for r in rs),
+                 ratio, p99_ratio, sum(r[3] for r in rs), "; ".join(r[4] for r in rs if r[4])))
 print()
+if rounds > 1:
+    print(f"medians of {rounds} rounds (ratios taken within each round)")
+    for name in ("apikey", "jwt"):
+        print(f"  {name} req/s ratio per round: " + " ".join(f"{r[0] / h[0]:.2f}" for r, h in zip(runs[name], runs["health"])))
 print(f"{'endpoint':<26} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'req/s vs /health':>17} {'p99 vs /health':>15} {'non-2xx':>8}")
 print("-" * 98)
-for label, rps, p50, p99, total, bad, errs in rows:
-    print(f"{label:<26} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f} {rps / base_rps:>17.2f} {p99 / base_p99:>15.2f} {bad:>8}" + (f"  socket errors: {errs}" if errs else ""))
+for label, rps, p50, p99, ratio, p99_ratio, bad, errs in rows:
+    print(f"{label:<26} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f} {ratio:>17.2f} {p99_ratio:>15.2f} {bad:>8}" + (f"  socket errors: {errs}" if errs else ""))
 print("-" * 98)
 print("req/s ratio < 1 and p99 ratio > 1 = the cost of authentication (and rate limiting) per request")
-if any(r[5] for r in rows):
+if any(r[6] for r in rows):
     print("WARNING: some responses were not 2xx (see above); those figures do not measure success paths")
 PY

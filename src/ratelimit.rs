@@ -15,8 +15,12 @@ use governor::{Quota, RateLimiter};
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
-/// A principal's limiter and when it was last used.
-type Tracked = (Arc<Limiter>, Instant);
+/// A principal's limiter for one limit, and when it was last used.
+struct Tracked {
+    limit: u32,
+    limiter: Arc<Limiter>,
+    last: Instant,
+}
 
 /// What the headers say after a request was counted.
 #[derive(Debug, Clone, Copy)]
@@ -116,8 +120,10 @@ const LOGIN_IP_FACTOR: u32 = 5;
 
 pub struct RateLimits {
     default_per_minute: u32,
-    /// Each principal's limiter and when it was last used (idle ones are pruned).
-    principals: Mutex<HashMap<(String, u32), Tracked>>,
+    /// Each principal's limiter per limit (a key whose limit changes gets a fresh one) and
+    /// when it was last used (idle ones are pruned). Keyed by the principal alone, so that
+    /// the lookup of every request borrows the key instead of allocating one.
+    principals: Mutex<HashMap<String, Vec<Tracked>>>,
     login_pair: FailureBudget,
     login_ip: FailureBudget,
     auth_ip: FailureBudget,
@@ -152,15 +158,25 @@ impl RateLimits {
             .unwrap_or(self.default_per_minute)
             .max(1);
         let limiter = {
+            let now = Instant::now();
             let mut map = self.principals.lock().expect("rate limit map lock");
-            let entry = map.entry((key.to_string(), limit)).or_insert_with(|| {
-                (
-                    Arc::new(RateLimiter::direct(per_minute(limit)).with_middleware()),
-                    Instant::now(),
-                )
-            });
-            entry.1 = Instant::now();
-            entry.0.clone()
+            let tracked = match map.get_mut(key) {
+                Some(list) => list,
+                None => map.entry(key.to_string()).or_default(),
+            };
+            let i = match tracked.iter().position(|t| t.limit == limit) {
+                Some(i) => i,
+                None => {
+                    tracked.push(Tracked {
+                        limit,
+                        limiter: Arc::new(RateLimiter::direct(per_minute(limit)).with_middleware()),
+                        last: now,
+                    });
+                    tracked.len() - 1
+                }
+            };
+            tracked[i].last = now;
+            tracked[i].limiter.clone()
         };
         // One token comes back every 60/limit seconds.
         let per_token = Duration::from_secs_f64(60.0 / limit as f64);
@@ -201,7 +217,10 @@ impl RateLimits {
         self.principals
             .lock()
             .expect("rate limit map lock")
-            .retain(|_, (_, last)| last.elapsed() < idle);
+            .retain(|_, tracked| {
+                tracked.retain(|t| t.last.elapsed() < idle);
+                !tracked.is_empty()
+            });
         self.login_pair.prune();
         self.login_ip.prune();
         self.auth_ip.prune();
@@ -209,7 +228,12 @@ impl RateLimits {
 
     /// Number of principals with live limiter state (for tests and metrics).
     pub fn tracked_principals(&self) -> usize {
-        self.principals.lock().expect("rate limit map lock").len()
+        self.principals
+            .lock()
+            .expect("rate limit map lock")
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 
     /// Retry-After seconds when logins as `username` from `ip` are refused for now (too

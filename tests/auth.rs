@@ -692,3 +692,88 @@ async fn users_api_and_own_password() {
     assert_eq!(last["payload"]["route"], "/api/v1/users");
     assert!(last["request_id"].is_string() && last["client_ip"].is_string());
 }
+
+/// Credentials that authenticated are remembered until the next commit, and `/auth/me`
+/// bodies too: a remembered credential still ends at its expiry with no commit in
+/// between, and a change of role shows in the very next `/auth/me`.
+#[tokio::test]
+async fn remembered_credentials_end_at_expiry_and_views_follow_changes() {
+    let ts = start_with(|c| c.auth.jwt_secret = Some(inferno::config::Secret::new(SECRET))).await;
+    let admin = ts.admin_token().await;
+    let (bob, bob_token) = ts.user_with("bob", "user", &[]).await;
+    let (_, bob_key) = ts.api_key(&bob_token, &["read_models"]).await;
+
+    // A JWT and a key that expire in two seconds work, repeatedly, until then.
+    let now = chrono::Utc::now();
+    let claims =
+        json!({"sub": bob, "jti": "short-1", "iat": now.timestamp(), "exp": now.timestamp() + 2});
+    let short_jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let material = inferno::auth::credentials::ApiKeyMaterial::generate();
+    ts.state()
+        .store()
+        .append(
+            &inferno::events::EventContext::system(),
+            vec![inferno::events::Event::ApiKeyCreated(
+                inferno::events::ApiKeyCreated {
+                    key_id: material.id.clone(),
+                    user_id: bob.clone(),
+                    name: "short".into(),
+                    permissions: vec!["read_models".into()],
+                    expires_at: Some(now + chrono::Duration::seconds(2)),
+                    secret_sha256: material.secret_sha256(),
+                    rate_limit_per_minute: None,
+                },
+            )],
+        )
+        .await
+        .unwrap();
+    let short_key = material.token();
+    let jwt_auth = format!("Bearer {short_jwt}");
+    for _ in 0..3 {
+        assert_eq!(me(&ts, ("authorization", &jwt_auth)).await.status(), 200);
+        assert_eq!(me(&ts, ("x-api-key", &short_key)).await.status(), 200);
+    }
+    let until = now + chrono::Duration::milliseconds(2100);
+    while chrono::Utc::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_refused(&ts, ("authorization", &jwt_auth)).await;
+    assert_refused(&ts, ("x-api-key", &short_key)).await;
+
+    // The identity view follows a change of role at once, for a JWT and for a key.
+    let perms = |v: Value| v["permissions"].as_array().unwrap().len();
+    let bob_jwt = format!("Bearer {bob_token}");
+    let before: Value = me(&ts, ("authorization", &bob_jwt))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(before["role"], "user");
+    let key_before: Value = me(&ts, ("x-api-key", &bob_key)).await.json().await.unwrap();
+    assert_eq!(perms(key_before), 1);
+    let r = ts
+        .client
+        .patch(ts.at(&format!("/api/v1/users/{bob}")))
+        .bearer_auth(&admin)
+        .json(&json!({"role": "auditor", "extra_permissions": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let after: Value = me(&ts, ("authorization", &bob_jwt))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after["role"], "auditor");
+    assert_ne!(after["permissions"], before["permissions"]);
+    // The key carried read_models, which an auditor lacks: the key is left with none.
+    let key_after: Value = me(&ts, ("x-api-key", &bob_key)).await.json().await.unwrap();
+    assert_eq!(key_after["role"], "auditor");
+    assert_eq!(perms(key_after), 0);
+}

@@ -8,7 +8,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::error::ApiError;
 use super::security::{event_context, Authenticated};
-use super::users::User;
+use super::users::UserJson;
 use super::ApiTags;
 use crate::auth::AuthError;
 use crate::server::AppState;
@@ -90,12 +90,11 @@ impl AuthApi {
     /// The caller's identity and the permissions this credential carries. Any authenticated
     /// user.
     #[oai(path = "/api/v1/auth/me", method = "get", operation_id = "me")]
-    async fn me(
-        &self,
-        state: Data<&AppState>,
-        auth: Authenticated,
-    ) -> Result<Json<User>, ApiError> {
-        Ok(Json(state.auth().me(&auth.principal)?.into()))
+    async fn me(&self, state: Data<&AppState>, auth: Authenticated) -> Result<UserJson, ApiError> {
+        let body = state
+            .auth()
+            .me_rendered(&auth.principal, |view| UserJson::render(view.into()))?;
+        Ok(UserJson(body))
     }
 
     /// Change your own password, proving the old one. Any authenticated user.

@@ -1,7 +1,7 @@
 //! Request-scoped middleware: request ids, the access log, and the streamed body limit.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -9,18 +9,37 @@ use poem::http::{HeaderValue, Method};
 use poem::{Body, Endpoint, IntoResponse, Request, Response, Result};
 
 use super::error::{error_response, ApiError, REQUEST_ID};
+use crate::auth::Principal;
 
-/// Filled in by authentication so the access log can name the user.
-#[derive(Clone, Default)]
-pub struct AccessInfo(Arc<Mutex<Option<String>>>);
+/// What the access log reports beyond the request line: the client's IP, formatted once
+/// per request, and the principal that authentication filled in.
+#[derive(Clone)]
+pub struct AccessInfo(Arc<AccessData>);
+
+struct AccessData {
+    ip: String,
+    principal: OnceLock<Principal>,
+}
 
 impl AccessInfo {
-    pub fn set_user(&self, user_id: &str) {
-        *self.0.lock().expect("access info lock") = Some(user_id.to_string());
+    fn new(ip: String) -> Self {
+        Self(Arc::new(AccessData {
+            ip,
+            principal: OnceLock::new(),
+        }))
     }
 
-    fn user(&self) -> Option<String> {
-        self.0.lock().expect("access info lock").clone()
+    /// The client's IP without the port.
+    pub fn ip(&self) -> &str {
+        &self.0.ip
+    }
+
+    pub fn set_principal(&self, principal: &Principal) {
+        let _ = self.0.principal.set(principal.clone());
+    }
+
+    fn user_id(&self) -> &str {
+        self.0.principal.get().map_or("-", Principal::user_id)
     }
 }
 
@@ -33,12 +52,27 @@ fn valid_request_id(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
 }
 
-/// The client's IP without the port.
+/// The client's IP without the port (as [`observe`] noted it).
 pub fn client_ip(req: &Request) -> String {
+    match req.extensions().get::<AccessInfo>() {
+        Some(info) => info.ip().to_string(),
+        None => format_ip(req),
+    }
+}
+
+fn format_ip(req: &Request) -> String {
     req.remote_addr()
         .as_socket_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|| "-".to_string())
+}
+
+/// The request's [`AccessInfo`] (one made now when [`observe`] did not run).
+pub fn access_info(req: &Request) -> AccessInfo {
+    req.extensions()
+        .get::<AccessInfo>()
+        .cloned()
+        .unwrap_or_else(|| AccessInfo::new(format_ip(req)))
 }
 
 /// Gives each request an id (keeping a valid incoming `X-Request-Id`, refusing an invalid
@@ -47,8 +81,7 @@ pub async fn observe<E: Endpoint>(ep: Arc<E>, mut req: Request) -> Result<Respon
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let ip = client_ip(&req);
-    let info = AccessInfo::default();
+    let info = AccessInfo::new(format_ip(&req));
     req.extensions_mut().insert(info.clone());
 
     let incoming = req
@@ -85,8 +118,8 @@ pub async fn observe<E: Endpoint>(ep: Arc<E>, mut req: Request) -> Result<Respon
     tracing::info!(
         target: "inferno::access",
         request_id = %request_id,
-        client_ip = %ip,
-        user_id = %info.user().unwrap_or_else(|| "-".into()),
+        client_ip = %info.ip(),
+        user_id = %info.user_id(),
         method = %method,
         route = %path,
         status = resp.status().as_u16(),

@@ -6,13 +6,14 @@
 
 use std::sync::Arc;
 
+use poem::http::header::HeaderName;
 use poem::http::HeaderMap;
 use poem::{Endpoint, IntoResponse, Request, RequestBody, Response, Result};
 use poem_openapi::registry::{MetaSecurityScheme, Registry};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 
 use super::error::{error_response, ApiError};
-use super::middleware::{client_ip, AccessInfo, RequestId};
+use super::middleware::{access_info, client_ip, RequestId};
 use crate::auth::{AuthError, Credential, Granted, Perm, Principal};
 use crate::events::{Actor, EventContext, EventError};
 use crate::ratelimit::RateStatus;
@@ -100,11 +101,15 @@ fn credential(headers: &HeaderMap) -> Result<Option<Credential>, ApiError> {
     }
 }
 
+const RATE_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const RATE_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const RATE_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
 fn add_rate_headers(resp: &mut Response, s: RateStatus) {
     let h = resp.headers_mut();
-    h.insert("x-ratelimit-limit", s.limit.into());
-    h.insert("x-ratelimit-remaining", s.remaining.into());
-    h.insert("x-ratelimit-reset", s.reset.into());
+    h.insert(RATE_LIMIT, s.limit.into());
+    h.insert(RATE_REMAINING, s.remaining.into());
+    h.insert(RATE_RESET, s.reset.into());
 }
 
 /// Authenticates requests that carry a credential and counts them against the principal's
@@ -119,34 +124,34 @@ pub async fn authenticate<E: Endpoint>(ep: Arc<E>, mut req: Request) -> Result<R
         Ok(None) => return ep.call(req).await.map(IntoResponse::into_response),
         Err(e) => return Ok(e.into_response()),
     };
-    let ctx = event_context(&req, None);
-    let ip = ctx.client_ip.clone().unwrap_or_default();
-    if let Some(retry) = state.limits().auth_blocked(&ip) {
+    let access = access_info(&req);
+    let ip = access.ip();
+    // Only failures need the event context.
+    let ctx = || event_context(&req, None);
+    if let Some(retry) = state.limits().auth_blocked(ip) {
         // Over its failure budget: refused unchecked, and counted in aggregate.
         if let Err(e) = state
             .auth()
-            .note_throttled(&ctx, matches!(cred, Credential::Jwt(_)))
+            .note_throttled(&ctx(), matches!(cred, Credential::Jwt(_)))
             .await
         {
             return Ok(ApiError::from(e).into_response());
         }
         return Ok(ApiError::rate_limited(retry).into_response());
     }
-    let principal = match state.auth().authenticate(cred, &ctx).await {
+    let principal = match state.auth().authenticate_with(cred, ctx).await {
         Ok(p) => p,
         Err(e) => {
             if matches!(e, AuthError::Unauthenticated(_)) {
-                state.limits().auth_failed(&ip);
+                state.limits().auth_failed(ip);
             }
             return Ok(ApiError::from(e).into_response());
         }
     };
-    if let Some(info) = req.extensions().get::<AccessInfo>() {
-        info.set_user(principal.user_id());
-    }
+    access.set_principal(&principal);
     let status = match state
         .limits()
-        .check(&principal.rate_key(), principal.rate_limit_per_minute())
+        .check(principal.rate_key(), principal.rate_limit_per_minute())
     {
         Ok(s) => s,
         Err(limited) => {

@@ -12,6 +12,7 @@
 //! | `session.rs` | login, logout, authenticating credentials, failed-authentication records |
 //! | `keys.rs` | API keys: create, list, show, revoke, rotate, and who may do which |
 //! | `users.rs` | users: create, update, delete, passwords, and who may grant what |
+//! | `verified.rs` | principals of recently verified credentials, valid until the next commit |
 
 pub mod credentials;
 mod keys;
@@ -19,6 +20,9 @@ pub mod permissions;
 mod service;
 mod session;
 mod users;
+mod verified;
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -75,8 +79,14 @@ pub enum Via {
 ///     (p.user_id(), p.permissions().contains(inferno::auth::Permission::ManageUsers))
 /// }
 /// ```
+///
+/// It is immutable and shared: a request's principal is handed to the access log, the
+/// extractors and every capability made from it, so cloning costs a reference count.
 #[derive(Debug, Clone)]
-pub struct Principal {
+pub struct Principal(Arc<PrincipalData>);
+
+#[derive(Debug)]
+struct PrincipalData {
     user_id: String,
     username: String,
     role: String,
@@ -84,76 +94,99 @@ pub struct Principal {
     permissions: PermissionSet,
     /// Per-key override of `[limits] requests_per_minute`.
     rate_limit_per_minute: Option<u32>,
+    /// What [`Principal::rate_key`] returns, made once.
+    rate_key: String,
 }
 
 impl Principal {
+    fn new(
+        user_id: String,
+        username: String,
+        role: String,
+        via: Via,
+        permissions: PermissionSet,
+        rate_limit_per_minute: Option<u32>,
+    ) -> Self {
+        let rate_key = match &via {
+            Via::Jwt { .. } | Via::System => format!("user:{user_id}"),
+            Via::ApiKey { key_id, .. } => format!("key:{key_id}"),
+        };
+        Self(Arc::new(PrincipalData {
+            user_id,
+            username,
+            role,
+            via,
+            permissions,
+            rate_limit_per_minute,
+            rate_key,
+        }))
+    }
+
     /// The operator at the command line or the server at start-up: whoever can open the
     /// data dir holds every right. Reached only through [`AuthService`].
     fn system() -> Self {
-        Self {
-            user_id: "system".into(),
-            username: "system".into(),
-            role: "admin".into(),
-            via: Via::System,
-            permissions: PermissionSet::all(),
-            rate_limit_per_minute: None,
-        }
+        Self::new(
+            "system".into(),
+            "system".into(),
+            "admin".into(),
+            Via::System,
+            PermissionSet::all(),
+            None,
+        )
     }
 
     pub fn user_id(&self) -> &str {
-        &self.user_id
+        &self.0.user_id
     }
 
     pub fn username(&self) -> &str {
-        &self.username
+        &self.0.username
     }
 
     pub fn role(&self) -> &str {
-        &self.role
+        &self.0.role
     }
 
     pub fn via(&self) -> &Via {
-        &self.via
+        &self.0.via
     }
 
     /// What this credential may do: the user's permissions, intersected with the key's
     /// for an API key.
     pub fn permissions(&self) -> PermissionSet {
-        self.permissions
+        self.0.permissions
     }
 
     pub fn rate_limit_per_minute(&self) -> Option<u32> {
-        self.rate_limit_per_minute
+        self.0.rate_limit_per_minute
     }
 
     /// The API key this principal authenticated with, if any.
     pub fn key_id(&self) -> Option<&str> {
-        match &self.via {
+        match &self.0.via {
             Via::ApiKey { key_id, .. } => Some(key_id),
             _ => None,
         }
     }
 
     pub fn actor(&self) -> Actor {
-        match &self.via {
-            Via::Jwt { .. } => Actor::user(self.user_id.clone()),
+        match &self.0.via {
+            Via::Jwt { .. } => Actor::user(self.0.user_id.clone()),
             Via::ApiKey { key_id, .. } => Actor::api_key(key_id.clone()),
             Via::System => Actor::system(),
         }
     }
 
-    /// The key rate limits are counted under: the API key, or the user for JWTs.
-    pub fn rate_key(&self) -> String {
-        match &self.via {
-            Via::Jwt { .. } | Via::System => format!("user:{}", self.user_id),
-            Via::ApiKey { key_id, .. } => format!("key:{key_id}"),
-        }
+    /// The key rate limits are counted under: `key:<id>` for an API key, `user:<id>` for
+    /// JWTs.
+    pub fn rate_key(&self) -> &str {
+        &self.0.rate_key
     }
 
     /// A short description for events: `user:<id>` or `api_key:<id>`.
     pub fn describe(&self) -> String {
-        match &self.via {
-            Via::Jwt { .. } | Via::System => format!("user:{}", self.user_id),
+        match &self.0.via {
+            Via::Jwt { .. } | Via::System => format!("user:{}", self.0.user_id),
             Via::ApiKey { key_id, .. } => format!("api_key:{key_id}"),
         }
     }

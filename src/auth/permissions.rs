@@ -175,7 +175,7 @@ pub struct Denied(pub Permission);
 impl Principal {
     /// Checks `P` and yields the capability.
     pub fn grant<P: Perm>(&self) -> Result<Granted<P>, Denied> {
-        if self.permissions.contains(P::PERMISSION) {
+        if self.permissions().contains(P::PERMISSION) {
             Ok(Granted {
                 principal: self.clone(),
                 _perm: PhantomData,

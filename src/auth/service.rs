@@ -12,6 +12,7 @@ use chrono::{DateTime, Duration, Utc};
 use super::credentials::{self, JwtKeys, MIN_PASSWORD_CHARS};
 use super::permissions::{role_permissions, Granted, Perm, Permission, PermissionSet, ROLES};
 use super::session::FailureLog;
+use super::verified::{RenderedViews, VerifiedCredentials};
 use super::{AuthError, Principal};
 use crate::config::AuthConfig;
 use crate::events::projections::users::{self, UserRecord};
@@ -92,6 +93,12 @@ pub struct AuthService {
     pub(super) max_keys_per_user: u32,
     /// Failed authentications not yet recorded, per client IP.
     pub(super) failures: FailureLog,
+    /// Principals of JWTs, and of API keys, that authenticated since the last commit (two
+    /// maps, so that a credential is only ever taken for the kind it was checked as).
+    pub(super) verified_jwts: VerifiedCredentials,
+    pub(super) verified_keys: VerifiedCredentials,
+    /// Identity views as the API rendered them, until the next commit.
+    pub(super) rendered_me: RenderedViews,
     /// Built for the offline CLI on a data dir it holds locked (see [`AuthService::operator`]).
     offline: bool,
 }
@@ -240,6 +247,9 @@ impl AuthService {
             default_rate_limit: default_rate_limit.max(1),
             max_keys_per_user: cfg.max_keys_per_user.max(1),
             failures: FailureLog::new(cfg.failure_event_window_secs),
+            verified_jwts: VerifiedCredentials::default(),
+            verified_keys: VerifiedCredentials::default(),
+            rendered_me: RenderedViews::default(),
             offline: false,
         })
     }

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use super::credentials::{self, ApiKeyMaterial};
 use super::permissions::{Permission, PermissionSet};
 use super::service::{effective, valid_username, verify_password, CREDENTIALS, LAST_USED};
+use super::verified::credential_hash;
 use super::{AuthError, AuthService, Credential, Principal, Via};
 use crate::events::projections::api_keys::{self, ApiKeyRecord};
 use crate::events::projections::revoked_tokens;
@@ -230,6 +231,16 @@ impl AuthService {
         cred: Credential,
         ctx: &EventContext,
     ) -> Result<Principal, AuthError> {
+        self.authenticate_with(cred, || ctx.clone()).await
+    }
+
+    /// [`AuthService::authenticate`] with the event context made only when a failure is
+    /// to be noted.
+    pub async fn authenticate_with(
+        &self,
+        cred: Credential,
+        ctx: impl FnOnce() -> EventContext,
+    ) -> Result<Principal, AuthError> {
         let (kind, result) = match cred {
             Credential::Jwt(token) => ("jwt", self.check_jwt(&token).map_err(|r| (None, r))),
             Credential::ApiKey(key) => ("api_key", self.check_key(&key)),
@@ -237,7 +248,7 @@ impl AuthService {
         match result {
             Ok(p) => Ok(p),
             Err((key_id, reason)) => {
-                self.note_failure(ctx, kind, key_id.as_deref(), &reason, false)
+                self.note_failure(&ctx(), kind, key_id.as_deref(), &reason, false)
                     .await?;
                 let shown = if kind == "api_key" && reason != "malformed API key" {
                     "Invalid API key".to_string()
@@ -322,28 +333,40 @@ impl AuthService {
         {
             return Err("token issued before the user's password change or disabling".into());
         }
-        Ok(Principal {
-            permissions: effective(&user),
-            user_id: user.id,
-            username: user.username,
-            role: user.role,
-            via: Via::Jwt {
+        let permissions = effective(&user);
+        Ok(Principal::new(
+            user.id,
+            user.username,
+            user.role,
+            Via::Jwt {
                 jti: jti.to_string(),
                 issued_at,
                 expires_at,
             },
-            rate_limit_per_minute: None,
-        })
+            permissions,
+            None,
+        ))
+    }
+
+    /// The record cache's generation, taken before the records behind a principal are read
+    /// (see [`VerifiedCredentials`](super::verified::VerifiedCredentials)).
+    fn generation(&self) -> u64 {
+        self.store.record_cache().generation()
     }
 
     fn check_jwt(&self, token: &str) -> Result<Principal, String> {
+        let hash = credential_hash(token);
+        let generation = self.generation();
+        if let Some(p) = self.verified_jwts.get(&hash, generation) {
+            return Ok(p);
+        }
         let claims = self.jwt.verify(token)?;
-        self.jwt_principal(
-            &claims.sub,
-            &claims.jti,
-            claims.issued_at(),
-            credentials::timestamp(claims.exp),
-        )
+        let expires_at = credentials::timestamp(claims.exp);
+        let principal =
+            self.jwt_principal(&claims.sub, &claims.jti, claims.issued_at(), expires_at)?;
+        self.verified_jwts
+            .insert(hash, principal.clone(), generation, Some(expires_at));
+        Ok(principal)
     }
 
     fn key_record(&self, id: &str) -> Result<ApiKeyRecord, String> {
@@ -364,20 +387,29 @@ impl AuthService {
         }
         let user = self.active_user(&record.user_id)?;
         let key_perms = PermissionSet::parse_names(&record.permissions).unwrap_or_default();
-        Ok(Principal {
-            permissions: key_perms.intersect(effective(&user)),
-            user_id: user.id,
-            username: user.username,
-            role: user.role,
-            via: Via::ApiKey {
+        let permissions = key_perms.intersect(effective(&user));
+        Ok(Principal::new(
+            user.id,
+            user.username,
+            user.role,
+            Via::ApiKey {
                 key_id: record.id,
                 rotated_at: record.rotated_at,
             },
-            rate_limit_per_minute: record.rate_limit_per_minute,
-        })
+            permissions,
+            record.rate_limit_per_minute,
+        ))
     }
 
     fn check_key(&self, token: &str) -> Result<Principal, (Option<String>, String)> {
+        let hash = credential_hash(token);
+        let generation = self.generation();
+        if let Some(p) = self.verified_keys.get(&hash, generation) {
+            if let Some(id) = p.key_id() {
+                self.touch_key(id);
+            }
+            return Ok(p);
+        }
         let Some(material) = ApiKeyMaterial::parse(token) else {
             return Err((None, "malformed API key".into()));
         };
@@ -386,8 +418,11 @@ impl AuthService {
         if !material.matches(&record.secret_sha256) {
             return Err((id, "wrong secret".into()));
         }
+        let expires_at = record.expires_at;
         let principal = self.key_principal(record).map_err(|r| (id, r))?;
         self.touch_key(&material.id);
+        self.verified_keys
+            .insert(hash, principal.clone(), generation, expires_at);
         Ok(principal)
     }
 

@@ -6,6 +6,8 @@
 //! whose permissions are a subset of its own. Password hashes and email addresses live in
 //! side keyspaces written in the same atomic batch as the event, never in the log.
 
+use bytes::Bytes;
+
 use super::permissions::{perm, role_permissions, Granted, PermissionSet};
 use super::service::{
     effective, hash_password, parse_permissions, validate_email, validate_password, validate_role,
@@ -25,6 +27,12 @@ impl AuthService {
     }
 
     fn user_view(&self, u: UserRecord) -> UserView {
+        let permissions = effective(&u);
+        self.user_view_with(u, permissions)
+    }
+
+    /// The view of `u` showing `permissions` as its effective ones.
+    fn user_view_with(&self, u: UserRecord, permissions: PermissionSet) -> UserView {
         let email = self
             .store
             .side_get(EMAILS, u.id.as_bytes())
@@ -32,7 +40,7 @@ impl AuthService {
             .flatten()
             .and_then(|v| String::from_utf8(v).ok());
         UserView {
-            permissions: effective(&u).names(),
+            permissions: permissions.names(),
             id: u.id,
             username: u.username,
             role: u.role,
@@ -47,9 +55,26 @@ impl AuthService {
     /// The caller's identity with the permissions this credential actually carries.
     pub fn me(&self, principal: &Principal) -> Result<UserView, AuthError> {
         let u = users::get(&self.store, principal.user_id())?.ok_or(AuthError::NotFound("user"))?;
-        let mut view = self.user_view(u);
-        view.permissions = principal.permissions().names();
-        Ok(view)
+        Ok(self.user_view_with(u, principal.permissions()))
+    }
+
+    /// [`AuthService::me`] as `render` turns it into bytes (a response body), remembered
+    /// per user and permission set until the next commit, so that asking again costs a
+    /// lookup. `render` must depend on nothing but the view.
+    pub fn me_rendered<E: From<AuthError>>(
+        &self,
+        principal: &Principal,
+        render: impl FnOnce(UserView) -> Result<Bytes, E>,
+    ) -> Result<Bytes, E> {
+        let generation = self.store.record_cache().generation();
+        let (user_id, permissions) = (principal.user_id(), principal.permissions());
+        if let Some(body) = self.rendered_me.get(user_id, permissions, generation) {
+            return Ok(body);
+        }
+        let body = render(self.me(principal)?)?;
+        self.rendered_me
+            .insert(user_id, permissions, generation, body.clone());
+        Ok(body)
     }
 
     pub(super) async fn insert_user(
