@@ -217,6 +217,27 @@ async fn a_job_runs_end_to_end_and_only_its_owner_or_a_queue_manager_sees_it() {
     assert!(mine[1]["payload"]["worker"].is_string());
     assert!(mine[0]["payload"]["prompt"]["text"].is_null());
 
+    // The queue manager's overview counts both jobs and names the worker.
+    let o = overview(&ts, &admin).await;
+    assert_eq!(count(&o, "completed"), 2, "{o}");
+    assert_eq!(o["completed_last_minute"], 2, "{o}");
+    assert_eq!(o["tokens_last_minute"], 8, "{o}");
+    assert_eq!(o["paused"], false);
+    assert_eq!(o["max_depth"], 1024);
+    assert!(o["workers"][0]["last_heartbeat"].is_string(), "{o}");
+    assert!(o["oldest_queued_age_secs"].is_null());
+    expect_error(
+        ts.client
+            .get(ts.at("/api/v1/queue"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap(),
+        403,
+        "PERMISSION_DENIED",
+    )
+    .await;
+
     // Elevated priorities need manage_queue; bad ones are a validation error.
     let mut high = short("x");
     high["priority"] = json!("high");

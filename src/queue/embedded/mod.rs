@@ -74,6 +74,18 @@ pub(super) struct State {
 }
 
 impl State {
+    /// Forgets completions older than a minute (the window of the queue's stats).
+    pub(super) fn trim_recent(&mut self) {
+        let minute = Duration::from_secs(60);
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| t.elapsed() > minute)
+        {
+            self.recent.pop_front();
+        }
+    }
+
     fn depth(&self) -> usize {
         self.ready.len() + self.running.len() + self.reserved
     }
@@ -259,9 +271,9 @@ impl EmbeddedQueue {
             return;
         }
         if record.status == "completed" {
-            let now = Instant::now();
             s.recent
-                .push_back((now, record.completion_tokens.unwrap_or_default()));
+                .push_back((Instant::now(), record.completion_tokens.unwrap_or_default()));
+            s.trim_recent();
         }
         if let Some(ws) = s.waiters.remove(&record.job_id) {
             let end = JobEnd {

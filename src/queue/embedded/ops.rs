@@ -287,10 +287,7 @@ impl JobQueue for EmbeddedQueue {
             }
         }
         let mut s = self.lock();
-        let minute = Duration::from_secs(60);
-        while s.recent.front().is_some_and(|(t, _)| t.elapsed() > minute) {
-            s.recent.pop_front();
-        }
+        s.trim_recent();
         let workers = s
             .heartbeats
             .iter()
