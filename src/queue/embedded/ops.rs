@@ -54,12 +54,16 @@ impl JobQueue for EmbeddedQueue {
 
     fn wait(&self, job_id: &str) -> oneshot::Receiver<JobEnd> {
         let (tx, rx) = oneshot::channel();
+        // Checked under the lock: a run commits its end before it takes the lock to wake
+        // the waiters, so the job is either seen finished here or its run wakes this one.
+        let mut s = self.lock();
         let finished = proj::get(&self.store, job_id)
             .ok()
             .flatten()
             .filter(|j| j.is_finished());
         match finished {
             Some(record) => {
+                drop(s);
                 let text = self.result_text(job_id).ok().flatten();
                 let _ = tx.send(JobEnd {
                     record,
@@ -68,12 +72,7 @@ impl JobQueue for EmbeddedQueue {
                     error: None,
                 });
             }
-            None => self
-                .lock()
-                .waiters
-                .entry(job_id.to_string())
-                .or_default()
-                .push(tx),
+            None => s.waiters.entry(job_id.to_string()).or_default().push(tx),
         }
         rx
     }
