@@ -696,3 +696,51 @@ async fn the_queue_cli_talks_to_a_running_server() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("INFERNO_API_KEY"));
 }
+
+#[tokio::test]
+async fn a_job_whose_worker_went_silent_is_requeued_after_its_lease() {
+    use inferno::events::{Event, EventContext, JobStarted};
+    let (ts, admin) = server(|c| c.queue.lease_secs = 1).await;
+    assert_eq!(
+        post(&ts, &admin, "/api/v1/queue/pause", None)
+            .await
+            .status(),
+        200
+    );
+    let id = submit_ok(&ts, &admin, &short("Hello")).await;
+    // Another node's worker takes it and goes silent, as a node that died would: its start
+    // is in the shared log, and no run of this process holds the job.
+    let started = Event::JobStarted(JobStarted {
+        job_id: id.clone(),
+        worker: "node-b-worker".into(),
+        attempt: 1,
+    });
+    ts.state()
+        .store()
+        .append(&EventContext::system(), vec![started])
+        .await
+        .unwrap();
+    assert_eq!(
+        get_job(&ts, &admin, &id)
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["status"],
+        "running"
+    );
+    let job = wait_for(&ts, &admin, &id, &["queued"]).await;
+    assert_eq!(job["attempts"], 1, "the lost attempt counts");
+    let requeued = ts.events(&admin, "job.requeued").await;
+    assert_eq!(requeued.len(), 1, "{requeued:?}");
+    assert_eq!(requeued[0]["payload"]["reason"], "lease_expired");
+    assert_eq!(requeued[0]["payload"]["counts_attempt"], true);
+    assert_eq!(
+        post(&ts, &admin, "/api/v1/queue/resume", None)
+            .await
+            .status(),
+        200
+    );
+    let job = wait_for(&ts, &admin, &id, &["completed"]).await;
+    assert_eq!(job["attempts"], 2);
+    assert_ne!(job["worker"], "node-b-worker");
+}

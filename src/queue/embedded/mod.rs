@@ -121,15 +121,11 @@ impl State {
         let rank = priority_rank(&j.priority);
         if self.ready.insert((rank, j.job_id.clone())) {
             self.ready_by_rank[rank as usize] += 1;
+            let owner = j.owner.clone().unwrap_or_default();
+            *self.queued_by_owner.entry(owner.clone()).or_default() += 1;
+            self.queued_meta
+                .insert(j.job_id.clone(), (j.model.clone(), owner));
         }
-        *self
-            .queued_by_owner
-            .entry(j.owner.clone().unwrap_or_default())
-            .or_default() += 1;
-        self.queued_meta.insert(
-            j.job_id.clone(),
-            (j.model.clone(), j.owner.clone().unwrap_or_default()),
-        );
         self.wake();
     }
 
