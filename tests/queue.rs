@@ -684,8 +684,36 @@ async fn the_queue_cli_talks_to_a_running_server() {
     assert!(ok && out.contains("paused: false"), "{out}");
     let (ok, _, err) = run(v(&["retry", &id])).await.unwrap();
     assert!(!ok && err.contains("409"), "{err}");
+    let (ok, _, err) = run(v(&["cancel", &id])).await.unwrap();
+    assert!(!ok && err.contains("409 CONFLICT"), "{err}");
+    let (ok, _, err) = run(v(&["priority", &id, "urgent"])).await.unwrap();
+    assert!(!ok && err.contains("400 VALIDATION_ERROR"), "{err}");
+    // A queued job moves up with the CLI.
+    let (ok, _, _) = run(v(&["pause"])).await.unwrap();
+    assert!(ok);
+    let queued = submit_ok(&ts, &admin, &short("Later")).await;
+    let (ok, out, err) = run(v(&["priority", &queued, "high", "--json"]))
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["priority"],
+        "high"
+    );
+    let (ok, out, _) = run(v(&["cancel", &queued])).await.unwrap();
+    assert!(ok && out.contains("cancelled"), "{out}");
+    let (ok, _, _) = run(v(&["resume"])).await.unwrap();
+    assert!(ok);
     let (ok, out, _) = run(v(&["purge", "--status", "completed"])).await.unwrap();
     assert!(ok && out.contains("purged: 1"), "{out}");
+    let (ok, out, _) = run(v(&["ls", "--status", "cancelled", "--json"]))
+        .await
+        .unwrap();
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["jobs"][0]["id"],
+        queued.as_str()
+    );
 
     // Without a key it says how to give one, and no flag takes a key.
     let out = std::process::Command::new(common::inferno_bin())
