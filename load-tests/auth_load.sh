@@ -22,56 +22,13 @@ THREADS="${WRK_THREADS:-2}"
 CONNS="${WRK_CONNECTIONS:-32}"
 DURATION="${WRK_DURATION:-10s}"
 ROUNDS="${WRK_ROUNDS:-1}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inferno/target}"
-
-if ! command -v wrk >/dev/null; then
-    echo "auth_load: installing wrk"
-    if [[ $EUID -eq 0 ]]; then apt-get install -y wrk; else sudo apt-get install -y wrk; fi
-fi
-if [[ -z "${INFERNO_BIN:-}" ]]; then
-    cargo build --bin inferno
-    INFERNO_BIN="$CARGO_TARGET_DIR/debug/inferno"
-fi
-
-work="$(mktemp -d -t inferno-auth-load.XXXXXX)"
-server_pid=""
-cleanup() {
-    if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-        kill -TERM "$server_pid" 2>/dev/null || true
-        for _ in $(seq 1 20); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.5; done
-        kill -KILL "$server_pid" 2>/dev/null || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-base="http://127.0.0.1:$port"
-password="auth-load-admin-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-
-mkdir -p "$work/models"   # no models needed: an empty models dir keeps startup quick
-INFERNO_ADMIN_PASSWORD="$password" \
-INFERNO_LIMITS__REQUESTS_PER_MINUTE=100000000 \
-INFERNO_AUTH__LOGIN_ATTEMPTS_PER_MINUTE=1000 \
-    "$INFERNO_BIN" serve --bind "127.0.0.1:$port" --data-dir "$work/data" --models-dir "$work/models" \
-    >"$work/server.log" 2>&1 &
-server_pid=$!
-
-for _ in $(seq 1 120); do
-    curl -fsS "$base/ready" >/dev/null 2>&1 && break
-    kill -0 "$server_pid" 2>/dev/null || { echo "auth_load: server exited:"; cat "$work/server.log"; exit 1; }
-    sleep 0.5
-done
-curl -fsS "$base/ready" >/dev/null || { echo "auth_load: server not ready"; cat "$work/server.log"; exit 1; }
-
-json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
-token="$(curl -fsS -X POST "$base/api/v1/auth/login" -H 'Content-Type: application/json' \
-    -d "{\"username\":\"admin\",\"password\":\"$password\"}" | json_field token)"
+source load-tests/lib.sh
+load_setup auth-load
+# no models needed: an empty models dir keeps startup quick
+load_serve INFERNO_LIMITS__REQUESTS_PER_MINUTE=100000000 INFERNO_AUTH__LOGIN_ATTEMPTS_PER_MINUTE=1000
+token="$(load_login)"
 # no per-key rate_limit_per_minute: the key then falls under the (raised) global limit
-key="$(curl -fsS -X POST "$base/api/v1/auth/api-keys" -H 'Content-Type: application/json' \
-    -H "Authorization: Bearer $token" \
-    -d '{"name":"auth-load","permissions":["read_models"]}' | json_field key)"
+key="$(load_key "$token" auth-load '["read_models"]')"
 # sanity: both credentials work before loading them
 curl -fsS "$base/api/v1/auth/me" -H "X-API-Key: $key" >/dev/null
 curl -fsS "$base/api/v1/auth/me" -H "Authorization: Bearer $token" >/dev/null

@@ -15,50 +15,14 @@ THREADS="${WRK_THREADS:-2}"
 CONNS="${WRK_CONNECTIONS:-64}"
 DURATION="${WRK_DURATION:-10s}"
 source ops/build-env.sh
-command -v wrk >/dev/null || { echo "queue_load: installing wrk"; apt-get install -y wrk; }
-if [[ -z "${INFERNO_BIN:-}" ]]; then
-    cargo build --bin inferno
-    INFERNO_BIN="$CARGO_TARGET_DIR/debug/inferno"
-fi
+source load-tests/lib.sh
+load_setup queue-load
 ops/fetch-model.sh models >/dev/null
-
-work="$(mktemp -d -t inferno-queue-load.XXXXXX)"
-server_pid=""
-cleanup() {
-    if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-        kill -TERM "$server_pid" 2>/dev/null || true
-        for _ in $(seq 1 40); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.5; done
-        kill -KILL "$server_pid" 2>/dev/null || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-base="http://127.0.0.1:$port"
-password="queue-load-admin-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-mkdir -p "$work/models"
 ln -s "$PWD/models/gemma-3-270m-q4_k_m.gguf" "$work/models/tiny.gguf"
-INFERNO_ADMIN_PASSWORD="$password" \
-INFERNO_LIMITS__REQUESTS_PER_MINUTE=100000000 \
-INFERNO_QUEUE__MAX_DEPTH=100000000 \
-INFERNO_QUEUE__MAX_QUEUED_PER_PRINCIPAL=100000000 \
-    "$INFERNO_BIN" serve --bind "127.0.0.1:$port" --data-dir "$work/data" --models-dir "$work/models" \
-    >"$work/server.log" 2>&1 &
-server_pid=$!
-for _ in $(seq 1 120); do
-    curl -fsS "$base/ready" >/dev/null 2>&1 && break
-    kill -0 "$server_pid" 2>/dev/null || { echo "queue_load: server exited:"; cat "$work/server.log"; exit 1; }
-    sleep 0.5
-done
-
-json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
-token="$(curl -fsS -X POST "$base/api/v1/auth/login" -H 'Content-Type: application/json' \
-    -d "{\"username\":\"admin\",\"password\":\"$password\"}" | json_field token)"
-key="$(curl -fsS -X POST "$base/api/v1/auth/api-keys" -H 'Content-Type: application/json' \
-    -H "Authorization: Bearer $token" \
-    -d '{"name":"queue-load","permissions":["run_inference","manage_queue"]}' | json_field key)"
+load_serve INFERNO_LIMITS__REQUESTS_PER_MINUTE=100000000 INFERNO_QUEUE__MAX_DEPTH=100000000 \
+    INFERNO_QUEUE__MAX_QUEUED_PER_PRINCIPAL=100000000
+token="$(load_login)"
+key="$(load_key "$token" queue-load '["run_inference","manage_queue"]')"
 curl -fsS -X POST "$base/api/v1/queue/pause" -H "X-API-Key: $key" >/dev/null
 
 cat >"$work/post.lua" <<LUA
