@@ -124,6 +124,18 @@ async fn post(ts: &TestServer, token: &str, path: &str, body: Option<Value>) -> 
     req.send().await.unwrap()
 }
 
+/// Pauses or resumes the queue through its API.
+async fn set_paused(ts: &TestServer, token: &str, paused: bool) {
+    let path = if paused {
+        "/api/v1/queue/pause"
+    } else {
+        "/api/v1/queue/resume"
+    };
+    let r = post(ts, token, path, None).await;
+    assert_eq!(r.status(), 200, "{path}");
+    assert_eq!(r.json::<Value>().await.unwrap()["paused"], paused);
+}
+
 async fn overview(ts: &TestServer, token: &str) -> Value {
     ts.get_json(token, "/api/v1/queue").await
 }
@@ -250,12 +262,7 @@ async fn a_job_runs_end_to_end_and_only_its_owner_or_a_queue_manager_sees_it() {
 #[tokio::test]
 async fn priorities_decide_the_start_order_with_one_slot() {
     let (ts, admin) = server(|c| c.queue.concurrency = 1).await;
-    assert_eq!(
-        post(&ts, &admin, "/api/v1/queue/pause", None)
-            .await
-            .status(),
-        200
-    );
+    set_paused(&ts, &admin, true).await;
     let mut ids = Vec::new();
     for p in ["low", "normal", "critical", "high", "normal"] {
         let mut body = short("Hello");
@@ -270,12 +277,7 @@ async fn priorities_decide_the_start_order_with_one_slot() {
     let first = wait_for(&ts, &admin, &ids[2].1, &["queued"]).await;
     assert_eq!(first["position"], 1, "critical is next");
 
-    assert_eq!(
-        post(&ts, &admin, "/api/v1/queue/resume", None)
-            .await
-            .status(),
-        200
-    );
+    set_paused(&ts, &admin, false).await;
     for (_, id) in &ids {
         wait_for(&ts, &admin, id, &["completed"]).await;
     }
@@ -295,12 +297,7 @@ async fn priorities_decide_the_start_order_with_one_slot() {
 #[tokio::test]
 async fn a_paused_queue_stays_paused_across_a_restart() {
     let (ts, admin) = server(|_| {}).await;
-    assert_eq!(
-        post(&ts, &admin, "/api/v1/queue/pause", None)
-            .await
-            .status(),
-        200
-    );
+    set_paused(&ts, &admin, true).await;
     let id = submit_ok(&ts, &admin, &short("Hello")).await;
     let ts = ts.restart().await;
     let admin = ts.admin_token().await;
@@ -308,12 +305,7 @@ async fn a_paused_queue_stays_paused_across_a_restart() {
     let job = wait_for(&ts, &admin, &id, &["queued"]).await;
     assert_eq!(job["position"], 1);
     assert_eq!(overview(&ts, &admin).await["paused"], true);
-    assert_eq!(
-        post(&ts, &admin, "/api/v1/queue/resume", None)
-            .await
-            .status(),
-        200
-    );
+    set_paused(&ts, &admin, false).await;
     let job = wait_for(&ts, &admin, &id, &["completed"]).await;
     assert_eq!(job["attempts"], 1);
 }
@@ -323,12 +315,7 @@ async fn cancel_a_queued_and_a_running_job() {
     let (ts, admin) = server(|_| {}).await;
     let (_, alice) = ts.user_with("alice", "user", &[]).await;
     // Queued (the queue paused): it never runs.
-    assert_eq!(
-        post(&ts, &admin, "/api/v1/queue/pause", None)
-            .await
-            .status(),
-        200
-    );
+    set_paused(&ts, &admin, true).await;
     let queued = submit_ok(&ts, &alice, &short("Hello")).await;
     let r = ts
         .client
@@ -340,12 +327,7 @@ async fn cancel_a_queued_and_a_running_job() {
     assert_eq!(r.status(), 200);
     let job: Value = r.json().await.unwrap();
     assert_eq!(job["status"], "cancelled");
-    assert_eq!(
-        post(&ts, &admin, "/api/v1/queue/resume", None)
-            .await
-            .status(),
-        200
-    );
+    set_paused(&ts, &admin, false).await;
 
     // Running: it stops at its next token and keeps its partial text.
     let long = json!({"model": MODEL, "prompt": "Write a very long story about a dragon.", "max_tokens": 900});
@@ -483,12 +465,7 @@ async fn a_full_queue_is_503_and_a_principal_over_its_cap_429_with_nothing_half_
     })
     .await;
     let (_, alice) = ts.user_with("alice", "user", &[]).await;
-    assert_eq!(
-        post(&ts, &admin, "/api/v1/queue/pause", None)
-            .await
-            .status(),
-        200
-    );
+    set_paused(&ts, &admin, true).await;
     submit_ok(&ts, &alice, &short("one")).await;
     submit_ok(&ts, &alice, &short("two")).await;
     let r = submit(&ts, &alice, &short("three")).await;
@@ -500,12 +477,7 @@ async fn a_full_queue_is_503_and_a_principal_over_its_cap_429_with_nothing_half_
     expect_error(r, 503, "SERVICE_UNAVAILABLE").await;
     assert_eq!(ts.events(&admin, "job.queued").await.len(), 3);
     assert_eq!(count(&overview(&ts, &admin).await, "queued"), 3);
-    assert_eq!(
-        post(&ts, &admin, "/api/v1/queue/resume", None)
-            .await
-            .status(),
-        200
-    );
+    set_paused(&ts, &admin, false).await;
 }
 
 #[tokio::test]
@@ -579,12 +551,7 @@ async fn replay_rebuilds_the_same_queue() {
     let (ts, admin) = server(|_| {}).await;
     let done = submit_ok(&ts, &admin, &short("Hello")).await;
     wait_for(&ts, &admin, &done, &["completed"]).await;
-    assert_eq!(
-        post(&ts, &admin, "/api/v1/queue/pause", None)
-            .await
-            .status(),
-        200
-    );
+    set_paused(&ts, &admin, true).await;
     let mut high = short("Later");
     high["priority"] = json!("high");
     submit_ok(&ts, &admin, &high).await;
@@ -729,12 +696,7 @@ async fn the_queue_cli_talks_to_a_running_server() {
 async fn a_job_whose_worker_went_silent_is_requeued_after_its_lease() {
     use inferno::events::{Event, EventContext, JobStarted};
     let (ts, admin) = server(|c| c.queue.lease_secs = 1).await;
-    assert_eq!(
-        post(&ts, &admin, "/api/v1/queue/pause", None)
-            .await
-            .status(),
-        200
-    );
+    set_paused(&ts, &admin, true).await;
     let id = submit_ok(&ts, &admin, &short("Hello")).await;
     // Another node's worker takes it and goes silent, as a node that died would: its start
     // is in the shared log, and no run of this process holds the job.
@@ -762,12 +724,7 @@ async fn a_job_whose_worker_went_silent_is_requeued_after_its_lease() {
     assert_eq!(requeued.len(), 1, "{requeued:?}");
     assert_eq!(requeued[0]["payload"]["reason"], "lease_expired");
     assert_eq!(requeued[0]["payload"]["counts_attempt"], true);
-    assert_eq!(
-        post(&ts, &admin, "/api/v1/queue/resume", None)
-            .await
-            .status(),
-        200
-    );
+    set_paused(&ts, &admin, false).await;
     let job = wait_for(&ts, &admin, &id, &["completed"]).await;
     assert_eq!(job["attempts"], 2);
     assert_ne!(job["worker"], "node-b-worker");

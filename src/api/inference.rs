@@ -228,21 +228,22 @@ impl InferenceApi {
         if !matches!(end.record.status.as_str(), "completed" | "cancelled") {
             return Err(job_error(&end));
         }
-        let usage = Usage {
-            prompt_tokens: end.record.prompt_tokens.unwrap_or_default() as u32,
-            completion_tokens: end.record.completion_tokens.unwrap_or_default() as u32,
-        };
-        let timings = match (end.completion, end.record.timings) {
-            (Some(c), _) => c.timings.into(),
-            (None, Some(t)) => t.into(),
-            (None, None) => crate::inference::Timings::default().into(),
-        };
-        let usage = match end.completion {
-            Some(c) => Usage {
-                prompt_tokens: c.prompt_tokens,
-                completion_tokens: c.completion_tokens,
-            },
-            None => usage,
+        // The run's own figures; the record's when the job had ended before the wait began.
+        let (usage, timings) = match end.completion {
+            Some(c) => (
+                Usage {
+                    prompt_tokens: c.prompt_tokens,
+                    completion_tokens: c.completion_tokens,
+                },
+                c.timings.into(),
+            ),
+            None => (
+                Usage {
+                    prompt_tokens: end.record.prompt_tokens.unwrap_or_default() as u32,
+                    completion_tokens: end.record.completion_tokens.unwrap_or_default() as u32,
+                },
+                end.record.timings.unwrap_or_default().into(),
+            ),
         };
         Ok(Json(InferenceResponse {
             id: job_id,

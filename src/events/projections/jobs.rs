@@ -361,16 +361,11 @@ pub fn list(store: &EventStore) -> Result<Vec<JobRecord>, EventError> {
 }
 
 /// Ids of queued jobs in the order they are to start.
-pub fn queued_ids(store: &EventStore) -> Result<Vec<(String, String)>, EventError> {
+pub fn queued_ids(store: &EventStore) -> Result<Vec<String>, EventError> {
     Ok(store
         .projection_scan(INDEX, b"q")?
         .into_iter()
-        .filter_map(|(k, _)| {
-            let rank = *k.get(1)?;
-            let id = String::from_utf8(k.get(2..)?.to_vec()).ok()?;
-            let p = PRIORITIES.get(rank.checked_sub(b'0')? as usize)?;
-            Some((p.to_string(), id))
-        })
+        .filter_map(|(k, _)| String::from_utf8(k.get(2..)?.to_vec()).ok())
         .collect())
 }
 

@@ -56,8 +56,8 @@ pub(super) struct State {
     pub running: HashMap<String, Running>,
     /// Queued jobs per owner, reservations included.
     pub queued_by_owner: HashMap<String, usize>,
-    /// (model, owner) of each queued job.
-    pub queued_meta: HashMap<String, (String, String)>,
+    /// Owner of each queued job.
+    pub queued_owner: HashMap<String, String>,
     /// Enqueues that reserved room and have not committed yet.
     pub reserved: usize,
     pub paused: bool,
@@ -123,8 +123,7 @@ impl State {
             self.ready_by_rank[rank as usize] += 1;
             let owner = j.owner.clone().unwrap_or_default();
             *self.queued_by_owner.entry(owner.clone()).or_default() += 1;
-            self.queued_meta
-                .insert(j.job_id.clone(), (j.model.clone(), owner));
+            self.queued_owner.insert(j.job_id.clone(), owner);
         }
         self.wake();
     }
@@ -135,7 +134,7 @@ impl State {
         if removed {
             self.ready_by_rank[rank as usize] -= 1;
             self.unqueue_owner(j.owner.as_deref().unwrap_or_default());
-            self.queued_meta.remove(&j.job_id);
+            self.queued_owner.remove(&j.job_id);
         }
         removed
     }
@@ -150,6 +149,33 @@ pub struct EmbeddedQueue {
 
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
+}
+
+/// The first `limit` of `jobs` (newest first) that match `filter`, and the cursor of the
+/// next page when more remain.
+fn page_of(
+    jobs: impl Iterator<Item = Result<JobRecord, EventError>>,
+    filter: &JobFilter,
+    limit: usize,
+) -> Result<JobPage, QueueError> {
+    let limit = limit.clamp(1, crate::paging::MAX_LIMIT);
+    let mut page = Vec::new();
+    let mut next_cursor = None;
+    for j in jobs {
+        let j = j?;
+        if !filter.matches(&j) {
+            continue;
+        }
+        if page.len() == limit {
+            next_cursor = page.last().map(|j: &JobRecord| j.job_id.clone());
+            break;
+        }
+        page.push(j);
+    }
+    Ok(JobPage {
+        jobs: page,
+        next_cursor,
+    })
 }
 
 /// The digest an `Idempotency-Key` is stored under: owner and key, never the key alone.
@@ -173,7 +199,7 @@ impl EmbeddedQueue {
             paused: proj::is_paused(&store)?,
             ..State::default()
         };
-        for (_, id) in proj::queued_ids(&store)? {
+        for id in proj::queued_ids(&store)? {
             if let Some(j) = proj::get(&store, &id)? {
                 state.insert_ready(&j);
             }
@@ -233,7 +259,7 @@ impl EmbeddedQueue {
         };
         s.ready_by_rank[first.0 as usize] -= 1;
         let job_id = first.1;
-        let (_, owner) = s.queued_meta.remove(&job_id).unwrap_or_default();
+        let owner = s.queued_owner.remove(&job_id).unwrap_or_default();
         s.unqueue_owner(&owner);
         let cancel = Arc::new(JobCancel::default());
         s.running.insert(
@@ -430,31 +456,6 @@ impl EmbeddedQueue {
             record,
             existing: true,
         }))
-    }
-
-    fn page_of(
-        &self,
-        ids: impl Iterator<Item = String>,
-        filter: &JobFilter,
-        limit: usize,
-    ) -> Result<JobPage, QueueError> {
-        let limit = limit.clamp(1, crate::paging::MAX_LIMIT);
-        let mut jobs = Vec::new();
-        let mut next_cursor = None;
-        for id in ids {
-            let Some(j) = proj::get(&self.store, &id)? else {
-                continue;
-            };
-            if !filter.matches(&j) {
-                continue;
-            }
-            if jobs.len() == limit {
-                next_cursor = jobs.last().map(|j: &JobRecord| j.job_id.clone());
-                break;
-            }
-            jobs.push(j);
-        }
-        Ok(JobPage { jobs, next_cursor })
     }
 
     /// Commits `events` about a job that is not running here, then re-reads it.

@@ -98,20 +98,21 @@ impl JobQueue for EmbeddedQueue {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<JobPage, QueueError> {
-        let before = |id: &String| cursor.is_none_or(|c| id.as_str() < c);
+        let before = |id: &str| cursor.is_none_or(|c| id < c);
         match &filter.owner {
             Some(owner) => {
                 let mut ids = proj::owner_job_ids(&self.store, owner)?;
-                ids.retain(before);
-                self.page_of(ids.into_iter().rev(), filter, limit)
+                ids.retain(|id| before(id));
+                let jobs = ids
+                    .into_iter()
+                    .rev()
+                    .filter_map(|id| proj::get(&self.store, &id).transpose());
+                page_of(jobs, filter, limit)
             }
             None => {
-                let mut ids: Vec<String> = proj::list(&self.store)?
-                    .into_iter()
-                    .map(|j| j.job_id)
-                    .collect();
-                ids.retain(before);
-                self.page_of(ids.into_iter().rev(), filter, limit)
+                let mut jobs = proj::list(&self.store)?;
+                jobs.retain(|j| before(&j.job_id));
+                page_of(jobs.into_iter().rev().map(Ok), filter, limit)
             }
         }
     }
@@ -274,7 +275,7 @@ impl JobQueue for EmbeddedQueue {
             .collect::<Result<Vec<_>, EventError>>()?;
         let mut by_model: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
         let mut oldest: Option<chrono::DateTime<Utc>> = None;
-        for (_, id) in proj::queued_ids(&self.store)? {
+        for id in proj::queued_ids(&self.store)? {
             if let Some(j) = proj::get(&self.store, &id)? {
                 by_model.entry(j.model.clone()).or_default().0 += 1;
                 oldest = Some(oldest.map_or(j.updated_at, |o| o.min(j.updated_at)));
