@@ -17,7 +17,7 @@ use inferno::events::{ContentRecord, EventContext, EventStore, StoreOptions};
 use inferno::inference::{Completion, FinishReason, SamplingParams, Timings};
 use inferno::queue::{
     spawn_workers, EmbeddedQueue, ExecError, Executor, JobCancel, JobQueue, JobRequest, NewJob,
-    Priority, QueueSettings, StoredPrompt,
+    Priority, QueueSettings, StoredPrompt, TokenSink,
 };
 use tokio::sync::mpsc;
 
@@ -30,6 +30,7 @@ impl Executor for Probe {
         &self,
         _: &JobRequest,
         _: &JobCancel,
+        _: &mut TokenSink,
     ) -> Result<(String, Completion), ExecError> {
         let _ = self.0.send(Instant::now());
         Ok((
@@ -93,7 +94,8 @@ async fn main() -> anyhow::Result<()> {
         inferno::events::default_projections(),
         StoreOptions::default(),
     )?;
-    let queue = EmbeddedQueue::open(store.clone(), settings())?;
+    let streams = inferno::stream::StreamHub::new(store.clone(), Default::default());
+    let queue = EmbeddedQueue::open(store.clone(), settings(), streams)?;
     let (tx, mut picked) = mpsc::unbounded_channel();
     let workers = spawn_workers(queue.clone(), Arc::new(Probe(tx))).await?;
     let ctx = EventContext::system();

@@ -8,6 +8,9 @@
 #
 # usage: ops/bench-inference.sh [extra args for load-tests/bench_inference.py]
 #   e.g. ops/bench-inference.sh --max-tokens 64 --rounds 2 --json-out /tmp/bench.json
+#        ops/bench-inference.sh --stream [extra args for load-tests/bench_stream.py]
+#   --stream: the streaming benchmark instead (SSE vs the JSON path vs llama.cpp's server
+#   streaming, single and 8 concurrent; then 50 SSE consumers of one job, checked for loss)
 # env:   BENCH_THREADS (2), BENCH_PARALLEL (8), BENCH_CTX_PER_SLOT (1024), BENCH_MAX_TOKENS (128),
 #        BENCH_XLLAMACPP (wheel: the prebuilt PyPI wheel, AVX2; source: built from the PyPI
 #        sdist with the instruction set Inferno's llama.cpp is built with (ops/build-env.sh),
@@ -82,6 +85,21 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+if [[ "${1:-}" == --stream ]]; then
+    shift
+    "$VENV/bin/python" load-tests/bench_stream.py \
+        --inferno-bin "$CARGO_TARGET_DIR/debug/inferno" \
+        --model "$MODEL" \
+        --threads "${BENCH_THREADS:-2}" \
+        --parallel "${BENCH_PARALLEL:-8}" \
+        --ctx-per-slot "${BENCH_CTX_PER_SLOT:-1024}" \
+        --max-tokens "${BENCH_MAX_TOKENS:-128}" \
+        "$@" &
+    child=$!
+    wait "$child"
+    exit
+fi
 
 "$VENV/bin/python" load-tests/bench_inference.py \
     --inferno-bin "$CARGO_TARGET_DIR/debug/inferno" \

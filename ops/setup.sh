@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and running Inferno needs, idempotently: the system packages for
-# llama.cpp (cmake, libclang), and the test model (ops/fetch-model.sh).
+# llama.cpp (cmake, libclang), the test model (ops/fetch-model.sh), and with
+# INFERNO_SETUP_TESTS=1 (ops/test.sh) the venv with the official `openai` SDK that the /v1
+# tests drive ($HOME/.cache/inferno/sdk-venv).
 # Usage: ops/setup.sh [models-dir]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,7 @@ else
 fi
 command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || need+=(python3-pip)
 command -v unzip >/dev/null 2>&1 || need+=(unzip)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   SUDO=""
@@ -26,3 +29,12 @@ fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo (rustup) is required" >&2; exit 1; }
 
 ops/fetch-model.sh "${1:-models}"
+
+# The official OpenAI SDK, pinned, for tests/openai.rs (only for the test command).
+OPENAI_VERSION="3.57.0"
+SDK_VENV="${INFERNO_SDK_VENV:-$HOME/.cache/inferno/sdk-venv}"
+if [ "${INFERNO_SETUP_TESTS:-0}" = 1 ] && ! "$SDK_VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
+  echo "setup: installing openai==$OPENAI_VERSION into $SDK_VENV"
+  python3 -m venv "$SDK_VENV"
+  "$SDK_VENV/bin/pip" install --quiet "openai==$OPENAI_VERSION"
+fi

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source ops/build-env.sh
-ops/setup.sh models
+INFERNO_SETUP_TESTS=1 ops/setup.sh models
 export INFERNO_TEST_MODEL="${INFERNO_TEST_MODEL:-$PWD/models/gemma-3-270m-q4_k_m.gguf}"
 
 echo "== cargo fmt --check"

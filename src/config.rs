@@ -49,6 +49,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub models: ModelsConfig,
     pub queue: QueueConfig,
+    pub stream: StreamConfig,
     /// Absent means no NATS.
     pub nats: Option<NatsConfig>,
     pub logging: LoggingConfig,
@@ -246,6 +247,28 @@ impl Default for QueueConfig {
             retention_hours: 168,
             job_timeout_secs: 600,
             concurrency: 0,
+        }
+    }
+}
+
+/// `[stream]`: server-sent token streams.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Tokens a live consumer may fall behind before it continues from storage.
+    pub max_lag: usize,
+    /// Open streams at most; beyond it 503 with Retry-After.
+    pub max_streams: usize,
+    /// Seconds between keep-alive comments.
+    pub keep_alive_secs: u64,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            max_lag: 256,
+            max_streams: 1024,
+            keep_alive_secs: 15,
         }
     }
 }

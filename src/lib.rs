@@ -17,6 +17,8 @@
 //! - [`events`]: the hash-chained event log in fjall, projections, replay, upcasters.
 //! - [`inference`]: the `Engine` trait, llama.cpp with continuous batching (all FFI in one
 //!   file, on its own threads), GGUF models, the catalog and the request runner.
+//! - [`queue`]: the durable job queue (every inference is a job) and its apalis workers.
+//! - [`stream`]: numbered, stored token pieces of jobs and their live fan-out (SSE, NATS).
 //! - [`audit`]: audit queries over the log; redaction rules for log lines.
 //! - [`logging`]: tracing set-up with redaction on every line.
 #![deny(unsafe_code)]
@@ -33,3 +35,4 @@ pub mod paging;
 pub mod queue;
 pub mod ratelimit;
 pub mod server;
+pub mod stream;

@@ -21,6 +21,7 @@ use crate::inference::runner::Runner;
 use crate::inference::{Engine, EngineConfig, LlamaEngine};
 use crate::queue::{EmbeddedQueue, JobQueue, WorkerHandle};
 use crate::ratelimit::RateLimits;
+use crate::stream::{StreamHub, StreamSettings};
 
 struct Inner {
     config: Arc<Config>,
@@ -32,6 +33,7 @@ struct Inner {
     catalog: Arc<Catalog>,
     runner: Arc<Runner>,
     queue: Arc<EmbeddedQueue>,
+    streams: Arc<StreamHub>,
     connections: crate::api::conn::Connections,
 }
 
@@ -105,6 +107,11 @@ impl AppState {
         &*self.inner.queue
     }
 
+    /// Token streams of jobs.
+    pub fn streams(&self) -> &Arc<StreamHub> {
+        &self.inner.streams
+    }
+
     /// Open TCP connections, to notice clients that went away mid-request.
     pub fn connections(&self) -> &crate::api::conn::Connections {
         &self.inner.connections
@@ -145,6 +152,8 @@ impl RunningServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        // Viewers of job streams end now (they resume elsewhere or later).
+        self.state.streams().close();
         // In-flight requests (synchronous inference waits on its job) finish first; then
         // the workers get the same grace time before running jobs are handed back.
         let served = self.handle.await;
@@ -221,7 +230,14 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         config.models.default.clone(),
         config.audit.record_content,
     ));
-    let queue = EmbeddedQueue::open(store.clone(), queue_settings(&config))
+    let streams = StreamHub::new(
+        store.clone(),
+        StreamSettings {
+            max_lag: config.stream.max_lag,
+            max_streams: config.stream.max_streams,
+        },
+    );
+    let queue = EmbeddedQueue::open(store.clone(), queue_settings(&config), streams.clone())
         .context("loading the job queue")?;
     let state = AppState {
         inner: Arc::new(Inner {
@@ -234,6 +250,7 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
             catalog,
             runner: runner.clone(),
             queue: queue.clone(),
+            streams,
             connections: crate::api::conn::Connections::default(),
         }),
     };

@@ -248,6 +248,29 @@ fn rows() -> Vec<Row> {
             Some("run_inference"),
             None,
         ),
+        r(
+            "get",
+            "/api/v1/jobs/{id}/stream",
+            "/api/v1/jobs/none/stream",
+            Some("use_streaming"),
+            None,
+        ),
+        // OpenAI-compatible routes
+        r("get", "/v1/models", "/v1/models", Some("read_models"), None),
+        r(
+            "post",
+            "/v1/completions",
+            "/v1/completions",
+            Some("run_inference"),
+            Some(json!({"model": "none", "prompt": "x"})),
+        ),
+        r(
+            "post",
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            Some("run_inference"),
+            Some(json!({"model": "none", "messages": [{"role": "user", "content": "x"}]})),
+        ),
         // queue management
         r(
             "get",
@@ -334,7 +357,11 @@ fn rows() -> Vec<Row> {
         (404, &[]), // inference on a model that does not exist
         (404, &[]), // a job on a model that does not exist
         (200, &[]), // your jobs
-        (404, &[]), // get, cancel a job that does not exist
+        (404, &[]), // get, cancel, stream a job that does not exist
+        (404, &[]),
+        (404, &[]),
+        (200, &[]), // OpenAI: models; completions on a model that does not exist
+        (404, &[]),
         (404, &[]),
         (200, &[]), // queue overview, every job, purge
         (200, &[]),
@@ -354,6 +381,21 @@ fn rows() -> Vec<Row> {
             ..row
         })
         .collect()
+}
+
+/// Our error body, or on `/v1` OpenAI's (its `code` is ours in lower case).
+async fn expect_denied(r: reqwest::Response, status: u16, code: &str, openai: bool) -> Value {
+    if !openai {
+        return expect_error(r, status, code).await;
+    }
+    assert_eq!(r.status().as_u16(), status);
+    let body: Value = r.json().await.expect("error body is JSON");
+    assert_eq!(body["error"]["code"], code.to_lowercase(), "{body}");
+    assert!(
+        body["error"]["type"].is_string() && body["error"]["message"].is_string(),
+        "{body}"
+    );
+    body
 }
 
 async fn call(ts: &common::TestServer, row: &Row, key: &str) -> reqwest::Response {
@@ -380,14 +422,25 @@ async fn every_route_enforces_its_permission() {
     }
 
     for row in rows() {
+        let openai = row.path.starts_with("/v1/");
         if let Some(p) = row.permission {
             let r = call(&ts, &row, &without[p]).await;
-            let body = expect_error(r, 403, "PERMISSION_DENIED").await;
-            assert_eq!(
-                body["error"]["details"]["required"], p,
-                "{} {}",
-                row.method, row.path
-            );
+            let body = expect_denied(r, 403, "PERMISSION_DENIED", openai).await;
+            if openai {
+                let m = body["error"]["message"].as_str().unwrap();
+                assert!(
+                    m.contains(&format!("`{p}`")),
+                    "{} {}: {m}",
+                    row.method,
+                    row.path
+                );
+            } else {
+                assert_eq!(
+                    body["error"]["details"]["required"], p,
+                    "{} {}",
+                    row.method, row.path
+                );
+            }
         }
         // A key holding only the route's permission (and what the input needs) gets the
         // documented status: a 500 or any other status fails.
@@ -397,7 +450,7 @@ async fn every_route_enforces_its_permission() {
         let r = call(&ts, &row, &key).await;
         let status = r.status().as_u16();
         // An SSE tail never ends by itself: its status is enough.
-        let text = if row.path.ends_with("/stream") {
+        let text = if row.path.ends_with("/stream") && status == 200 {
             String::new()
         } else {
             r.text().await.unwrap_or_default()
@@ -419,7 +472,7 @@ async fn every_route_enforces_its_permission() {
             .send()
             .await
             .unwrap();
-        expect_error(r, 401, "AUTHENTICATION_FAILED").await;
+        expect_denied(r, 401, "AUTHENTICATION_FAILED", openai).await;
     }
 }
 
@@ -505,7 +558,7 @@ async fn only_health_readiness_and_login_are_open() {
             if OPEN.contains(&(method.as_str(), path.as_str())) {
                 assert_ne!(r.status(), 401, "{method} {path} is open");
             } else {
-                expect_error(r, 401, "AUTHENTICATION_FAILED").await;
+                expect_denied(r, 401, "AUTHENTICATION_FAILED", path.starts_with("/v1/")).await;
             }
             checked += 1;
         }

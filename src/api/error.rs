@@ -231,6 +231,9 @@ pub fn error_response(err: poem::Error) -> Response {
     if let Some(api) = err.downcast_ref::<ApiError>() {
         return api.as_response();
     }
+    if let Some(api) = err.downcast_ref::<super::openai::compat::OpenAiError>() {
+        return api.0.as_response();
+    }
     let status = err.status();
     let api = if status == StatusCode::INTERNAL_SERVER_ERROR {
         ApiError::internal(&err)

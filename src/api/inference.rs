@@ -6,6 +6,7 @@ use poem_openapi::{Object, OpenApi};
 
 use super::error::ApiError;
 use super::security::Auth;
+use super::stream::{job_stream, require_streaming, slot, Follow, JsonOrSse};
 use super::ApiTags;
 use crate::auth::perm;
 use crate::inference::runner::{InferenceError, InferenceInput, SamplingOverrides};
@@ -57,7 +58,26 @@ pub struct InferenceRequest {
     /// Job priority: `low`, `normal` (default), `high` or `critical` (those two need
     /// `manage_queue`). Higher priorities start first.
     pub priority: Option<String>,
+    /// Answer with server-sent events of the tokens as they come (also needs
+    /// `use_streaming`) instead of one JSON body.
+    pub stream: Option<bool>,
+    /// With `stream`: the job runs on when the client disconnects, and can be re-joined
+    /// at `GET /api/v1/jobs/{id}/stream`. Without it a disconnect cancels the job.
+    pub detach: Option<bool>,
 }
+
+impl InferenceRequest {
+    pub(super) fn wants_stream(&self) -> bool {
+        self.stream == Some(true)
+    }
+
+    pub(super) fn detached(&self) -> bool {
+        self.detach == Some(true)
+    }
+}
+
+/// A synchronous answer: one JSON body, or server-sent events with `"stream": true`.
+pub type InferenceAnswer = JsonOrSse<InferenceResponse>;
 
 #[derive(Debug, Object)]
 pub struct Usage {
@@ -181,15 +201,79 @@ fn job_error(end: &JobEnd) -> ApiError {
     }
 }
 
+/// Queues `job`, waits for its end and answers with it; the client leaving (its
+/// connection `watch` closing) cancels the job.
+pub(super) async fn complete(
+    state: &AppState,
+    ctx: &crate::events::EventContext,
+    watch: Option<std::sync::Arc<super::conn::PeerWatch>>,
+    job: crate::queue::NewJob,
+) -> Result<InferenceResponse, ApiError> {
+    let queue = state.queue();
+    let enq = queue.enqueue(ctx, job).await?;
+    let job_id = enq.record.job_id.clone();
+    let mut end = queue.wait(&job_id);
+    let gone = async move {
+        match watch {
+            Some(w) => w.closed().await,
+            None => std::future::pending().await,
+        }
+    };
+    let end = tokio::select! {
+        end = &mut end => end,
+        _ = gone => {
+            // The client went away: its job stops (queued: never runs).
+            let _ = queue.cancel(ctx, &job_id, "client").await;
+            end.await
+        }
+    }
+    .map_err(|_| ApiError::unavailable("the server is shutting down", 5))?;
+    if !matches!(end.record.status.as_str(), "completed" | "cancelled") {
+        return Err(job_error(&end));
+    }
+    // The run's own figures; the record's when the job had ended before the wait began.
+    let (usage, timings) = match end.completion {
+        Some(c) => (
+            Usage {
+                prompt_tokens: c.prompt_tokens,
+                completion_tokens: c.completion_tokens,
+            },
+            c.timings.into(),
+        ),
+        None => (
+            Usage {
+                prompt_tokens: end.record.prompt_tokens.unwrap_or_default() as u32,
+                completion_tokens: end.record.completion_tokens.unwrap_or_default() as u32,
+            },
+            end.record.timings.unwrap_or_default().into(),
+        ),
+    };
+    Ok(InferenceResponse {
+        id: job_id,
+        model: end.record.model.clone(),
+        text: end.text.unwrap_or_default(),
+        finish_reason: end
+            .record
+            .finish_reason
+            .clone()
+            .unwrap_or_else(|| "cancelled".into()),
+        usage,
+        timings,
+    })
+}
+
 pub struct InferenceApi;
 
 #[OpenApi(tag = "ApiTags::Inference")]
 impl InferenceApi {
-    /// Run inference and wait for the whole answer. Requires permission `run_inference`.
+    /// Run inference and wait for the whole answer, or stream it. Requires permission
+    /// `run_inference` (and `use_streaming` with `"stream": true`).
     ///
     /// The request is a job of the durable queue (priority `normal` unless set), so it is
     /// visible to queue managers and survives a restart; a client that disconnects
-    /// cancels it.
+    /// cancels it (unless `"detach": true` with `stream`). With `stream`, the answer is
+    /// `text/event-stream`: `job`, `queued`, `token` (id `<job_id>:<index>`), then one
+    /// `done` or `error` event; see `GET /api/v1/jobs/{id}/stream` to resume.
     #[oai(
         path = "/api/v1/inference",
         method = "post",
@@ -201,61 +285,29 @@ impl InferenceApi {
         req: &poem::Request,
         auth: Auth<perm::RunInference>,
         body: Json<InferenceRequest>,
-    ) -> Result<Json<InferenceResponse>, ApiError> {
+    ) -> Result<InferenceAnswer, ApiError> {
         let priority = super::jobs::priority_of(body.0.priority.as_deref(), auth.principal())?;
+        let (stream, detach) = (body.0.wants_stream(), body.0.detached());
+        if stream {
+            require_streaming(auth.principal())?;
+        }
         let valid = state.runner().validate(to_input(body.0)?)?;
         let job = super::jobs::new_job(&state, auth.principal(), priority, valid, None);
         let queue = state.queue();
-        let enq = queue.enqueue(&auth.ctx, job).await?;
-        let job_id = enq.record.job_id.clone();
-        let mut end = queue.wait(&job_id);
         let watch = state.connections().watch(req.remote_addr());
-        let gone = async move {
-            match watch {
-                Some(w) => w.closed().await,
-                None => std::future::pending().await,
-            }
-        };
-        let end = tokio::select! {
-            end = &mut end => end,
-            _ = gone => {
-                // The client went away: its job stops (queued: never runs).
-                let _ = queue.cancel(&auth.ctx, &job_id, "client").await;
-                end.await
-            }
+        if stream {
+            let slot = slot(&state)?;
+            let enq = queue.enqueue(&auth.ctx, job).await?;
+            let follow = Follow {
+                from: 0,
+                owner: (!detach).then(|| auth.ctx.clone()),
+                peer: watch,
+            };
+            let sse = job_stream(state.0.clone(), enq.record.job_id, follow, slot);
+            return Ok(JsonOrSse::Stream(sse));
         }
-        .map_err(|_| ApiError::unavailable("the server is shutting down", 5))?;
-        if !matches!(end.record.status.as_str(), "completed" | "cancelled") {
-            return Err(job_error(&end));
-        }
-        // The run's own figures; the record's when the job had ended before the wait began.
-        let (usage, timings) = match end.completion {
-            Some(c) => (
-                Usage {
-                    prompt_tokens: c.prompt_tokens,
-                    completion_tokens: c.completion_tokens,
-                },
-                c.timings.into(),
-            ),
-            None => (
-                Usage {
-                    prompt_tokens: end.record.prompt_tokens.unwrap_or_default() as u32,
-                    completion_tokens: end.record.completion_tokens.unwrap_or_default() as u32,
-                },
-                end.record.timings.unwrap_or_default().into(),
-            ),
-        };
-        Ok(Json(InferenceResponse {
-            id: job_id,
-            model: end.record.model.clone(),
-            text: end.text.unwrap_or_default(),
-            finish_reason: end
-                .record
-                .finish_reason
-                .clone()
-                .unwrap_or_else(|| "cancelled".into()),
-            usage,
-            timings,
-        }))
+        Ok(JsonOrSse::Json(Json(
+            complete(&state, &auth.ctx, watch, job).await?,
+        )))
     }
 }

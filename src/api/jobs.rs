@@ -12,6 +12,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::error::{ApiError, ErrorDetail};
 use super::inference::{to_input, InferenceRequest, Timings, Usage};
+use super::stream::{job_stream, require_streaming, resume_from, slot, Follow, Sse};
 use super::ApiTags;
 use crate::auth::{perm, Permission, Principal};
 use crate::events::projections::jobs::JobRecord;
@@ -104,6 +105,18 @@ pub enum Accepted {
     /// Queued; follow `links.self`.
     #[oai(status = 202)]
     Accepted(Json<JobAccepted>),
+    /// `"stream": true`: the job's events (`job`, `queued`, `token`, then `done` or
+    /// `error`).
+    #[oai(status = 200)]
+    Stream(Sse),
+}
+
+#[derive(ApiResponse)]
+pub enum Streamed {
+    /// The job's events: `job`, `queued` while it waits, `token` (id `<job_id>:<index>`),
+    /// then one `done` or `error`.
+    #[oai(status = 200)]
+    Stream(Sse),
 }
 
 #[derive(Debug, Object)]
@@ -253,16 +266,25 @@ impl JobsApi {
     /// returns the first job instead of queueing again; the same key with another body is
     /// 409. A full queue is 503 with `Retry-After`; a user holding
     /// `[queue] max_queued_per_principal` queued jobs gets 429 with `Retry-After`.
+    ///
+    /// `"stream": true` (also needs `use_streaming`) answers 200 with the job's
+    /// server-sent events instead of 202; the client leaving cancels the job unless
+    /// `"detach": true`.
     #[oai(path = "/api/v1/jobs", method = "post", operation_id = "create_job")]
     async fn create(
         &self,
         state: Data<&AppState>,
+        req: &poem::Request,
         auth: crate::api::security::Auth<perm::RunInference>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
         body: Json<InferenceRequest>,
     ) -> Result<Accepted, ApiError> {
         let principal = auth.principal();
         let priority = priority_of(body.0.priority.as_deref(), principal)?;
+        let (stream, detach) = (body.0.wants_stream(), body.0.detached());
+        if stream {
+            require_streaming(principal)?;
+        }
         let idempotency = match idempotency_key.0.as_deref().map(str::trim) {
             None => None,
             Some(k) if k.is_empty() || k.len() > 255 => {
@@ -278,6 +300,17 @@ impl JobsApi {
         };
         let valid = state.runner().validate(to_input(body.0)?)?;
         let job = new_job(&state, principal, priority, valid, idempotency);
+        if stream {
+            let slot = slot(&state)?;
+            let enq = state.queue().enqueue(&auth.ctx, job).await?;
+            let follow = Follow {
+                from: 0,
+                owner: (!detach && !enq.existing).then(|| auth.ctx.clone()),
+                peer: state.connections().watch(req.remote_addr()),
+            };
+            let sse = job_stream(state.0.clone(), enq.record.job_id, follow, slot);
+            return Ok(Accepted::Stream(sse));
+        }
         let enq = state.queue().enqueue(&auth.ctx, job).await?;
         let id = enq.record.job_id.clone();
         Ok(Accepted::Accepted(Json(JobAccepted {
@@ -302,6 +335,44 @@ impl JobsApi {
     ) -> Result<Json<Job>, ApiError> {
         let j = visible_job(&state, auth.principal(), &id.0)?;
         Ok(Json(job_view(&state, j)))
+    }
+
+    /// Join a job's server-sent events: its tokens from the start, or after
+    /// `Last-Event-ID`, then live until one `done` or `error` event. Requires permission
+    /// `use_streaming`; visible to the job's owner or with `manage_queue`.
+    ///
+    /// A running job catches up from storage and then goes live with no gap and no
+    /// duplicate; a finished job replays and ends; a queued job sends `queued` events with
+    /// its position until it starts. Leaving this stream never cancels the job.
+    #[oai(
+        path = "/api/v1/jobs/:id/stream",
+        method = "get",
+        operation_id = "stream_job"
+    )]
+    async fn stream(
+        &self,
+        state: Data<&AppState>,
+        req: &poem::Request,
+        auth: crate::api::security::Auth<perm::UseStreaming>,
+        id: Path<String>,
+        /// `<job_id>:<index>` of the last event received: the stream goes on after it.
+        #[oai(name = "Last-Event-ID")]
+        last_event_id: Header<Option<String>>,
+    ) -> Result<Streamed, ApiError> {
+        let j = visible_job(&state, auth.principal(), &id.0)?;
+        let from = resume_from(&j.job_id, last_event_id.0.as_deref())?;
+        let slot = slot(&state)?;
+        let follow = Follow {
+            from,
+            owner: None,
+            peer: state.connections().watch(req.remote_addr()),
+        };
+        Ok(Streamed::Stream(job_stream(
+            state.0.clone(),
+            j.job_id,
+            follow,
+            slot,
+        )))
     }
 
     /// Your jobs, newest first, paged. Requires permission `run_inference`.

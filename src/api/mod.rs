@@ -13,8 +13,10 @@ mod jobs;
 mod keys;
 pub mod middleware;
 mod models;
+pub(crate) mod openai;
 mod queue;
 pub mod security;
+mod stream;
 pub mod tls;
 mod users;
 
@@ -60,6 +62,8 @@ pub enum ApiTags {
     Jobs,
     /// The queue manager's view and controls.
     Queue,
+    /// OpenAI-compatible routes (`/v1`) for the official SDKs; errors in OpenAI's shape.
+    OpenAi,
 }
 
 /// Every resource of the API, in one tuple.
@@ -73,6 +77,7 @@ pub type Apis = (
     inference::InferenceApi,
     jobs::JobsApi,
     queue::QueueApi,
+    openai::OpenAiApi,
 );
 
 fn apis() -> Apis {
@@ -86,6 +91,7 @@ fn apis() -> Apis {
         inference::InferenceApi,
         jobs::JobsApi,
         queue::QueueApi,
+        openai::OpenAiApi,
     )
 }
 
@@ -118,6 +124,9 @@ fn cors(cfg: &Config) -> Option<Cors> {
             "x-ratelimit-limit",
             "x-ratelimit-remaining",
             "x-ratelimit-reset",
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
             "retry-after",
         ])
         .max_age(600);
@@ -148,6 +157,7 @@ pub fn app(state: AppState) -> impl Endpoint + 'static {
     };
     with_cors
         .catch_all_error(|e| async move { error_response(e) })
+        .around(openai::compat::compat)
         .around(middleware::observe)
         .data(state)
 }

@@ -33,6 +33,7 @@ pub mod migrate;
 pub mod projections;
 mod query;
 mod raw;
+mod side;
 mod store;
 mod types;
 mod verify;

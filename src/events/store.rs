@@ -20,7 +20,7 @@ use super::types::Event;
 use super::verify::VerifyReport;
 use super::writer::{AppendRequest, Writer, WriterMsg};
 use chrono::{DateTime, Utc};
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -490,7 +490,7 @@ impl EventStore {
     }
 
     /// Refuses every write (appends and side keyspaces) of a store opened read-only.
-    fn writable(&self) -> Result<(), EventError> {
+    pub(super) fn writable(&self) -> Result<(), EventError> {
         match self.inner.read_only {
             None => Ok(()),
             Some(seq) => Err(EventError::Unavailable(format!(
@@ -589,31 +589,6 @@ impl EventStore {
                 Ok((k.to_vec(), v.to_vec()))
             })
             .collect()
-    }
-
-    /// Durably stores a value outside the log (e.g. an email address, a last-used time).
-    /// Not event-sourced: replay does not rebuild it and verify does not cover it.
-    pub fn side_put(&self, keyspace: &str, key: &[u8], value: &[u8]) -> Result<(), EventError> {
-        self.writable()?;
-        let h = self.handles()?;
-        let ks = h.side(keyspace)?;
-        let mut b = h.db.batch().durability(Some(PersistMode::SyncAll));
-        b.insert(&ks, key, value);
-        b.commit().map_err(to_unavailable)
-    }
-
-    pub fn side_get(&self, keyspace: &str, key: &[u8]) -> Result<Option<Vec<u8>>, EventError> {
-        let h = self.handles()?;
-        Ok(h.side(keyspace)?.get(key)?.map(|v| v.to_vec()))
-    }
-
-    pub fn side_delete(&self, keyspace: &str, key: &[u8]) -> Result<(), EventError> {
-        self.writable()?;
-        let h = self.handles()?;
-        let ks = h.side(keyspace)?;
-        let mut b = h.db.batch().durability(Some(PersistMode::SyncAll));
-        b.remove(&ks, key);
-        b.commit().map_err(to_unavailable)
     }
 
     /// Drains the writer (appends already queued are committed), closes the database and

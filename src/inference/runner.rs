@@ -12,7 +12,7 @@ use super::{
 };
 use crate::api::error::ApiError;
 use crate::events::ContentRecord;
-use crate::queue::{ExecError, Executor, JobCancel, JobRequest, StoredPrompt};
+use crate::queue::{ExecError, Executor, JobCancel, JobRequest, StoredPrompt, TokenSink};
 use poem::http::StatusCode;
 
 /// What a client asked for, before validation. Unset sampling fields take the model's
@@ -246,6 +246,7 @@ impl Executor for Runner {
         &self,
         job: &JobRequest,
         cancel: &JobCancel,
+        tokens: &mut TokenSink,
     ) -> Result<(String, Completion), ExecError> {
         let model = self
             .catalog
@@ -284,7 +285,10 @@ impl Executor for Runner {
             };
             match event {
                 Some(GenEvent::Started { .. }) => {}
-                Some(GenEvent::Token(piece)) => text.push_str(&piece),
+                Some(GenEvent::Token(piece)) => {
+                    tokens.push(&piece);
+                    text.push_str(&piece);
+                }
                 Some(GenEvent::Done(c)) => return Ok((text, c)),
                 Some(GenEvent::Error(e)) => return Err(engine_error(e)),
                 None => {

@@ -33,6 +33,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::events::projections::jobs::JobRecord;
 use crate::events::{ContentRecord, EventContext, EventError, IdempotencyRecord, SamplingRecord};
 use crate::inference::{ChatMessage, Completion, SamplingParams};
+pub use crate::stream::TokenSink;
 
 pub use embedded::{body_digest, idempotency_digest, EmbeddedQueue, QueueSettings};
 pub use worker::{spawn_workers, WorkerHandle};
@@ -267,7 +268,7 @@ pub struct ExecError {
 }
 
 /// Runs one job's request to its end (the inference runner in the server; a test double
-/// in unit tests). Returns the text and the engine's figures; a run stopped by `cancel`
+/// in unit tests). Each generated piece goes to `tokens` as it comes. Returns the text and the engine's figures; a run stopped by `cancel`
 /// returns `Ok` with finish reason `cancelled` and the partial text.
 #[async_trait::async_trait]
 pub trait Executor: Send + Sync + 'static {
@@ -275,6 +276,7 @@ pub trait Executor: Send + Sync + 'static {
         &self,
         job: &JobRequest,
         cancel: &JobCancel,
+        tokens: &mut TokenSink,
     ) -> Result<(String, Completion), ExecError>;
 }
 

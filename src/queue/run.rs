@@ -60,6 +60,7 @@ impl Drop for EndGuard {
             if let Ok(Some(record)) = queue.get(&job_id) {
                 queue.finish_run(record, None, None, None);
             }
+            queue.streams().finish(&job_id);
         });
     }
 }
@@ -127,8 +128,9 @@ pub(super) async fn run_job(
         armed: true,
     };
     let waited = queue.take_wait(&job_id).unwrap_or_default();
+    let mut tokens = queue.streams().begin(&job_id, attempt);
     let result = match queue.payload(&job_id) {
-        Ok(Some(request)) => executor.execute(&request, &cancel).await,
+        Ok(Some(request)) => executor.execute(&request, &cancel, &mut tokens).await,
         _ => Err(ExecError {
             status: 500,
             code: "INTERNAL_ERROR",
@@ -201,11 +203,13 @@ pub(super) async fn run_job(
         tokio::time::sleep(Duration::from_millis(100)).await;
         return Err(r);
     }
+    drop(tokens);
     match queue.get(&job_id) {
         Ok(Some(after)) => queue.finish_run(after, text, completion, error),
         _ => {
             queue.lock().running.remove(&job_id);
         }
     }
+    queue.streams().finish(&job_id);
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! with a temporary data dir.
 #![allow(dead_code)]
 
+pub mod sse;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -21,6 +21,7 @@ use crate::events::projections::jobs::{self as proj, priority_rank, JobRecord};
 
 mod ops;
 use crate::events::{self as ev, Event, EventStore, SideWrite};
+use crate::stream::StreamHub;
 
 pub(super) const PAYLOADS: &str = "job_payloads";
 pub(super) const RESULTS: &str = "job_results";
@@ -145,6 +146,7 @@ pub struct EmbeddedQueue {
     pub(super) settings: QueueSettings,
     pub(super) state: Mutex<State>,
     pub(super) payloads: Mutex<HashMap<String, Arc<JobRequest>>>,
+    pub(super) streams: Arc<StreamHub>,
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -194,7 +196,11 @@ impl EmbeddedQueue {
     /// Loads the queue from the `jobs` projection: queued jobs into the ready set, the
     /// paused flag. Jobs found `running` belong to a process that is gone; the worker
     /// start-up hands them back ([`EmbeddedQueue::recover`]).
-    pub fn open(store: EventStore, settings: QueueSettings) -> Result<Arc<Self>, QueueError> {
+    pub fn open(
+        store: EventStore,
+        settings: QueueSettings,
+        streams: Arc<StreamHub>,
+    ) -> Result<Arc<Self>, QueueError> {
         let mut state = State {
             paused: proj::is_paused(&store)?,
             ..State::default()
@@ -209,6 +215,7 @@ impl EmbeddedQueue {
             settings,
             state: Mutex::new(state),
             payloads: Mutex::new(HashMap::new()),
+            streams,
         }))
     }
 
@@ -224,6 +231,11 @@ impl EmbeddedQueue {
 
     pub fn store(&self) -> &EventStore {
         &self.store
+    }
+
+    /// The token streams of this queue's jobs.
+    pub fn streams(&self) -> &Arc<StreamHub> {
+        &self.streams
     }
 
     fn record(&self, job_id: &str) -> Result<JobRecord, QueueError> {

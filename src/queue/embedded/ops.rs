@@ -265,6 +265,11 @@ impl JobQueue for EmbeddedQueue {
             automatic,
         });
         self.store.append_with(ctx, vec![event], side).await?;
+        for j in &doomed {
+            if let Err(e) = self.streams.purge(&j.job_id) {
+                tracing::warn!(job_id = j.job_id, error = %e, "dropping a purged job's tokens failed");
+            }
+        }
         Ok(doomed.len() as u64)
     }
 
