@@ -326,7 +326,7 @@ pub(super) enum Item {
     Retry(u32),
     Token(u64, String),
     /// Completed or cancelled, with the number of pieces the job has.
-    Done(JobRecord, u64),
+    Done(Box<JobRecord>, u64),
     /// Failed, dead, or unreadable, with the number of pieces the job has.
     Error(ErrorBody, u64),
 }
@@ -419,7 +419,7 @@ pub(super) fn follow_job(
             }
             match record.status.as_str() {
                 "completed" | "cancelled" => {
-                    yield Item::Done(record, hub.pieces(&job_id).unwrap_or(next));
+                    yield Item::Done(Box::new(record), hub.pieces(&job_id).unwrap_or(next));
                     return;
                 }
                 "failed" | "dead" => {

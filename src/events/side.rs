@@ -44,7 +44,7 @@ impl EventStore {
         prefix: &[u8],
         from: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, EventError> {
+    ) -> Result<super::projections::KvPairs, EventError> {
         let h = self.handles()?;
         let ks = h.side(keyspace)?;
         let mut out = Vec::new();
