@@ -527,7 +527,7 @@ async fn purge_removes_finished_jobs_and_records_it() {
 #[tokio::test]
 async fn a_shutdown_hands_running_jobs_back_and_they_finish_after_the_restart() {
     let (ts, admin) = server(|c| c.server.shutdown_timeout_secs = 1).await;
-    let long = json!({"model": MODEL, "prompt": "Write a very long story about a dragon.", "max_tokens": 600});
+    let long = json!({"model": MODEL, "prompt": "Write a very long story about a dragon.", "max_tokens": 300});
     let id = submit_ok(&ts, &admin, &long).await;
     wait_for(&ts, &admin, &id, &["running"]).await;
     let ts = ts.restart().await;
