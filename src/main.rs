@@ -1,5 +1,8 @@
 use clap::Parser;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = inferno::cli::Cli::parse();
     match inferno::cli::run(cli) {
