@@ -330,7 +330,9 @@ async fn streaming_needs_use_streaming_and_streams_are_private() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_consumers_of_one_job_all_receive_every_token() {
-    let (ts, token) = server(|_| {}).await;
+    // A live channel of 4 pieces: the slow consumer below falls behind and must continue
+    // from storage.
+    let (ts, token) = server(|c| c.stream.max_lag = 4).await;
     let r = post(
         &ts,
         &token,
@@ -351,10 +353,23 @@ async fn fifty_consumers_of_one_job_all_receive_every_token() {
             open(&ts, &token, &job, None).await.rest().await
         }));
     }
+    let slow = {
+        let (ts, token, job) = (ts.clone(), token.clone(), job.clone());
+        tokio::spawn(async move {
+            let mut r = open(&ts, &token, &job, None).await;
+            let mut events = Vec::new();
+            while let Some(e) = r.next().await {
+                events.push(e);
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            events
+        })
+    };
     let mut all = Vec::new();
     for t in tasks {
         all.push(t.await.unwrap());
     }
+    all.push(slow.await.unwrap());
     let result = finished(&ts, &token, &job).await;
     let text = result["result"]["text"].as_str().unwrap();
     for events in &all {

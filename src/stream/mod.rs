@@ -275,3 +275,82 @@ impl TokenSink {
         self.next
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{default_projections, StoreOptions};
+
+    fn hub(max_lag: usize) -> (tempfile::TempDir, Arc<StreamHub>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            EventStore::open(dir.path(), default_projections(), StoreOptions::default()).unwrap();
+        let settings = StreamSettings {
+            max_lag,
+            max_streams: 2,
+        };
+        (dir, StreamHub::new(store, settings))
+    }
+
+    #[tokio::test]
+    async fn a_consumer_that_lags_finds_every_piece_in_storage() {
+        let (_dir, hub) = hub(2);
+        let mut rx = hub.subscribe("job-1");
+        let mut sink = hub.begin("job-1", 1);
+        for i in 0..10 {
+            sink.push(&format!("p{i} "));
+        }
+        assert!(matches!(
+            rx.recv().await,
+            Err(broadcast::error::RecvError::Lagged(_))
+        ));
+        let stored = hub.stored("job-1", 0, 100).unwrap();
+        let indices: Vec<u64> = stored.iter().map(|(i, _)| *i).collect();
+        assert_eq!(indices, (0..10).collect::<Vec<_>>());
+        assert_eq!(stored[3].1, "p3 ");
+        assert_eq!(hub.stored("job-1", 7, 2).unwrap().len(), 2);
+        assert_eq!(hub.pieces("job-1"), Some(10));
+        // Only the newest max_lag pieces are held for a consumer.
+        let mut held = Vec::new();
+        while let Ok(Chunk::Token { index, .. }) = rx.try_recv() {
+            held.push(index);
+        }
+        assert_eq!(held, vec![8, 9]);
+    }
+
+    #[tokio::test]
+    async fn a_new_attempt_drops_the_earlier_pieces_and_says_so() {
+        let (_dir, hub) = hub(16);
+        let mut sink = hub.begin("job-2", 1);
+        sink.push("old");
+        drop(sink);
+        let mut rx = hub.subscribe("job-2");
+        let mut sink = hub.begin("job-2", 2);
+        assert!(matches!(rx.recv().await, Ok(Chunk::Started { attempt: 2 })));
+        assert!(hub.stored("job-2", 0, 10).unwrap().is_empty());
+        sink.push("new");
+        assert_eq!(
+            hub.stored("job-2", 0, 10).unwrap(),
+            vec![(0, "new".to_string())]
+        );
+        assert_eq!(hub.purge("job-2").unwrap(), 1);
+        assert_eq!(hub.pieces("job-2"), Some(0));
+        // Other jobs' pieces are untouched by prefixes that look alike.
+        hub.begin("job-20", 1).push("x");
+        assert_eq!(hub.pieces("job-2"), Some(0));
+        assert_eq!(hub.pieces("job-20"), Some(1));
+    }
+
+    #[test]
+    fn open_streams_are_capped_and_freed() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _g = rt.enter();
+        let (_dir, hub) = hub(4);
+        let a = hub.open_stream().unwrap();
+        let _b = hub.open_stream().unwrap();
+        assert!(hub.open_stream().is_none());
+        drop(a);
+        assert_eq!(hub.open_streams(), 1);
+        assert!(hub.open_stream().is_some());
+    }
+}
