@@ -86,29 +86,20 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+common=(
+    --inferno-bin "$CARGO_TARGET_DIR/debug/inferno"
+    --model "$MODEL"
+    --threads "${BENCH_THREADS:-2}"
+    --parallel "${BENCH_PARALLEL:-8}"
+    --ctx-per-slot "${BENCH_CTX_PER_SLOT:-1024}"
+    --max-tokens "${BENCH_MAX_TOKENS:-128}"
+)
 if [[ "${1:-}" == --stream ]]; then
     shift
-    "$VENV/bin/python" load-tests/bench_stream.py \
-        --inferno-bin "$CARGO_TARGET_DIR/debug/inferno" \
-        --model "$MODEL" \
-        --threads "${BENCH_THREADS:-2}" \
-        --parallel "${BENCH_PARALLEL:-8}" \
-        --ctx-per-slot "${BENCH_CTX_PER_SLOT:-1024}" \
-        --max-tokens "${BENCH_MAX_TOKENS:-128}" \
-        "$@" &
-    child=$!
-    wait "$child"
-    exit
+    "$VENV/bin/python" load-tests/bench_stream.py "${common[@]}" "$@" &
+else
+    "$VENV/bin/python" load-tests/bench_inference.py "${common[@]}" \
+        --engine-bench-bin "$CARGO_TARGET_DIR/debug/examples/engine_bench" "$@" &
 fi
-
-"$VENV/bin/python" load-tests/bench_inference.py \
-    --inferno-bin "$CARGO_TARGET_DIR/debug/inferno" \
-    --engine-bench-bin "$CARGO_TARGET_DIR/debug/examples/engine_bench" \
-    --model "$MODEL" \
-    --threads "${BENCH_THREADS:-2}" \
-    --parallel "${BENCH_PARALLEL:-8}" \
-    --ctx-per-slot "${BENCH_CTX_PER_SLOT:-1024}" \
-    --max-tokens "${BENCH_MAX_TOKENS:-128}" \
-    "$@" &
 child=$!
 wait "$child"

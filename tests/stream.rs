@@ -53,7 +53,13 @@ async fn post(ts: &TestServer, token: &str, path: &str, b: &Value) -> reqwest::R
         .expect("POST")
 }
 
-async fn open(ts: &TestServer, token: &str, job: &str, last: Option<&str>) -> SseReader {
+/// `GET /api/v1/jobs/{job}/stream`, with `Last-Event-ID` when given.
+async fn get_stream(
+    ts: &TestServer,
+    token: &str,
+    job: &str,
+    last: Option<&str>,
+) -> reqwest::Response {
     let mut req = ts
         .client
         .get(ts.at(&format!("/api/v1/jobs/{job}/stream")))
@@ -61,7 +67,21 @@ async fn open(ts: &TestServer, token: &str, job: &str, last: Option<&str>) -> Ss
     if let Some(l) = last {
         req = req.header("Last-Event-ID", l);
     }
-    SseReader::new(req.send().await.expect("GET stream"))
+    req.send().await.expect("GET stream")
+}
+
+async fn open(ts: &TestServer, token: &str, job: &str, last: Option<&str>) -> SseReader {
+    SseReader::new(get_stream(ts, token, job, last).await)
+}
+
+/// Queues a job (202) and returns its id.
+async fn queue_job(ts: &TestServer, token: &str, b: &Value) -> String {
+    let r = post(ts, token, "/api/v1/jobs", b).await;
+    assert_eq!(r.status(), 202);
+    r.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// Polls the job until `done(job)` holds (at most 60 s) and returns it.
@@ -226,14 +246,7 @@ async fn resume_with_last_event_id_mid_run_and_after_the_end_has_no_gap_or_dupli
 
     // A Last-Event-ID of another job, or not an index, is a 400.
     for bad in ["someone-else:3", &format!("{job}:x")] {
-        let r = ts
-            .client
-            .get(ts.at(&format!("/api/v1/jobs/{job}/stream")))
-            .bearer_auth(&token)
-            .header("Last-Event-ID", bad)
-            .send()
-            .await
-            .unwrap();
+        let r = get_stream(&ts, &token, &job, Some(bad)).await;
         expect_error(r, 400, "VALIDATION_ERROR").await;
     }
     ts.stop().await;
@@ -294,34 +307,11 @@ async fn streaming_needs_use_streaming_and_streams_are_private() {
     assert!(queued.is_empty(), "{queued:?}");
 
     // The key may queue a plain job but not watch its stream.
-    let r = post(
-        &ts,
-        &no_stream,
-        "/api/v1/jobs",
-        &body("Hello", 2, json!({})),
-    )
-    .await;
-    assert_eq!(r.status(), 202);
-    let job = r.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = ts
-        .client
-        .get(ts.at(&format!("/api/v1/jobs/{job}/stream")))
-        .bearer_auth(&no_stream)
-        .send()
-        .await
-        .unwrap();
+    let job = queue_job(&ts, &no_stream, &body("Hello", 2, json!({}))).await;
+    let r = get_stream(&ts, &no_stream, &job, None).await;
     expect_error(r, 403, "PERMISSION_DENIED").await;
     // Another user (who holds use_streaming) gets 404; the admin (manage_queue) sees it.
-    let r = ts
-        .client
-        .get(ts.at(&format!("/api/v1/jobs/{job}/stream")))
-        .bearer_auth(&user)
-        .send()
-        .await
-        .unwrap();
+    let r = get_stream(&ts, &user, &job, None).await;
     expect_error(r, 404, "NOT_FOUND").await;
     let events = open(&ts, &admin, &job, None).await.rest().await;
     check_complete(&events, 0);
@@ -333,18 +323,12 @@ async fn fifty_consumers_of_one_job_all_receive_every_token() {
     // A live channel of 4 pieces: the slow consumer below falls behind and must continue
     // from storage.
     let (ts, token) = server(|c| c.stream.max_lag = 4).await;
-    let r = post(
+    let job = queue_job(
         &ts,
         &token,
-        "/api/v1/jobs",
         &body("The history of the printing press", 96, json!({})),
     )
     .await;
-    assert_eq!(r.status(), 202);
-    let job = r.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let ts = Arc::new(ts);
     let mut tasks = Vec::new();
     for _ in 0..50 {
@@ -382,30 +366,11 @@ async fn fifty_consumers_of_one_job_all_receive_every_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_job_streams_its_position_and_the_stream_cap_is_503() {
     let (ts, token) = server(|c| c.stream.max_streams = 2).await;
-    let r = ts
-        .client
-        .post(ts.at("/api/v1/queue/pause"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&ts, &token, "/api/v1/queue/pause", &json!({})).await;
     assert_eq!(r.status(), 200);
     let mut jobs = Vec::new();
     for _ in 0..2 {
-        let r = post(
-            &ts,
-            &token,
-            "/api/v1/jobs",
-            &body("Say hello", 4, json!({})),
-        )
-        .await;
-        assert_eq!(r.status(), 202);
-        jobs.push(
-            r.json::<Value>().await.unwrap()["job_id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        jobs.push(queue_job(&ts, &token, &body("Say hello", 4, json!({}))).await);
     }
     let mut second = open(&ts, &token, &jobs[1], None).await;
     let e = second.next().await.unwrap();
@@ -415,13 +380,7 @@ async fn a_queued_job_streams_its_position_and_the_stream_cap_is_503() {
     assert_eq!(e.data["position"], 2);
     // Two streams open: the third is refused, and a streamed POST queues nothing.
     let _first = open(&ts, &token, &jobs[0], None).await;
-    let r = ts
-        .client
-        .get(ts.at(&format!("/api/v1/jobs/{}/stream", jobs[0])))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = get_stream(&ts, &token, &jobs[0], None).await;
     assert!(r.headers().contains_key("retry-after"));
     expect_error(r, 503, "SERVICE_UNAVAILABLE").await;
     let before = ts.events(&token, "job.queued").await.len();
@@ -435,13 +394,7 @@ async fn a_queued_job_streams_its_position_and_the_stream_cap_is_503() {
     expect_error(r, 503, "SERVICE_UNAVAILABLE").await;
     assert_eq!(ts.events(&token, "job.queued").await.len(), before);
 
-    let r = ts
-        .client
-        .post(ts.at("/api/v1/queue/resume"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&ts, &token, "/api/v1/queue/resume", &json!({})).await;
     assert_eq!(r.status(), 200);
     let rest = second.rest().await;
     assert_eq!(rest.last().unwrap().event, "done", "{rest:?}");

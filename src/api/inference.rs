@@ -6,7 +6,7 @@ use poem_openapi::{Object, OpenApi};
 
 use super::error::ApiError;
 use super::security::Auth;
-use super::stream::{job_stream, require_streaming, slot, Follow, JsonOrSse};
+use super::stream::{queue_and_stream, require_streaming, JsonOrSse};
 use super::ApiTags;
 use crate::auth::perm;
 use crate::inference::runner::{InferenceError, InferenceInput, SamplingOverrides};
@@ -293,17 +293,9 @@ impl InferenceApi {
         }
         let valid = state.runner().validate(to_input(body.0)?)?;
         let job = super::jobs::new_job(&state, auth.principal(), priority, valid, None);
-        let queue = state.queue();
         let watch = state.connections().watch(req.remote_addr());
         if stream {
-            let slot = slot(&state)?;
-            let enq = queue.enqueue(&auth.ctx, job).await?;
-            let follow = Follow {
-                from: 0,
-                owner: (!detach).then(|| auth.ctx.clone()),
-                peer: watch,
-            };
-            let sse = job_stream(state.0.clone(), enq.record.job_id, follow, slot);
+            let sse = queue_and_stream(&state, req, &auth.ctx, job, detach).await?;
             return Ok(JsonOrSse::Stream(sse));
         }
         Ok(JsonOrSse::Json(Json(

@@ -12,7 +12,9 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::error::{ApiError, ErrorDetail};
 use super::inference::{to_input, InferenceRequest, Timings, Usage};
-use super::stream::{job_stream, require_streaming, resume_from, slot, Follow, Sse};
+use super::stream::{
+    job_stream, queue_and_stream, require_streaming, resume_from, slot, Follow, Sse,
+};
 use super::ApiTags;
 use crate::auth::{perm, Permission, Principal};
 use crate::events::projections::jobs::JobRecord;
@@ -301,14 +303,7 @@ impl JobsApi {
         let valid = state.runner().validate(to_input(body.0)?)?;
         let job = new_job(&state, principal, priority, valid, idempotency);
         if stream {
-            let slot = slot(&state)?;
-            let enq = state.queue().enqueue(&auth.ctx, job).await?;
-            let follow = Follow {
-                from: 0,
-                owner: (!detach && !enq.existing).then(|| auth.ctx.clone()),
-                peer: state.connections().watch(req.remote_addr()),
-            };
-            let sse = job_stream(state.0.clone(), enq.record.job_id, follow, slot);
+            let sse = queue_and_stream(&state, req, &auth.ctx, job, detach).await?;
             return Ok(Accepted::Stream(sse));
         }
         let enq = state.queue().enqueue(&auth.ctx, job).await?;

@@ -318,6 +318,25 @@ pub(super) fn failure(message: impl Into<String>) -> ErrorBody {
     }
 }
 
+/// Queues `job` and answers with its events from the start. The client leaving cancels the
+/// job unless `detach` (or the job is an earlier one, returned for its idempotency key).
+pub(super) async fn queue_and_stream(
+    state: &AppState,
+    req: &poem::Request,
+    ctx: &EventContext,
+    job: crate::queue::NewJob,
+    detach: bool,
+) -> Result<Sse, ApiError> {
+    let slot = slot(state)?;
+    let enq = state.queue().enqueue(ctx, job).await?;
+    let follow = Follow {
+        from: 0,
+        owner: (!detach && !enq.existing).then(|| ctx.clone()),
+        peer: state.connections().watch(req.remote_addr()),
+    };
+    Ok(job_stream(state.clone(), enq.record.job_id, follow, slot))
+}
+
 /// What following a job yields, before it is shaped for a client (our SSE events, or
 /// OpenAI's chunks).
 #[derive(Debug)]
