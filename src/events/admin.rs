@@ -4,15 +4,13 @@
 //! Long runs show an indicatif progress bar when stderr is a terminal and plain progress
 //! lines otherwise (logs, CI).
 
-use super::envelope::{redacted_fields, Envelope};
 use super::error::EventError;
 use super::fold::fold_log;
 use super::migrate::META_GENERATION;
 use super::projections::{default_projections, Projection};
-use super::raw::RawEnvelope;
 use super::store::{
-    checkpoint_key, key_seq, lock_dir, logical_keyspaces, physical_name, seq_key, EventStore,
-    Handles, LOG_DIR,
+    checkpoint_key, export_form, key_seq, lock_dir, logical_keyspaces, physical_name, seq_key,
+    EventStore, Handles, LOG_DIR,
 };
 use super::verify::VerifyReport;
 use fjall::{KeyspaceCreateOptions, PersistMode};
@@ -105,8 +103,8 @@ pub fn verify_dir(data_dir: &Path, progress: bool) -> Result<VerifyReport, Event
 
 /// Writes envelopes with `seq > after` (optionally only `types`) as NDJSON: one stored
 /// envelope per line, byte for byte as stored, so an auditor can recompute every hash
-/// (see the hash rule on [`Envelope`]); old events with fields readers must not see are
-/// written as [`Envelope::export_line`] says. Returns the number of lines written.
+/// (see the hash rule on [`super::Envelope`]); old events with fields readers must not see
+/// are written as [`super::Envelope::export_line`] says. Returns the number of lines written.
 pub fn export(
     data_dir: &Path,
     after: u64,
@@ -117,22 +115,11 @@ pub fn export(
     let mut n = 0;
     for g in h.events.range(seq_key(after.saturating_add(1))..) {
         let (k, v) = g.into_inner()?;
-        let raw = RawEnvelope::parse(&v);
-        let (event_type, version) = match raw.and_then(|r| r.type_str().map(|t| (t, r.version))) {
-            Some((t, version)) => (std::borrow::Cow::Borrowed(t), version),
-            None => {
-                let env = Envelope::from_stored_bytes(key_seq(&k)?, &v)?;
-                (std::borrow::Cow::Owned(env.r#type), env.version)
-            }
-        };
+        let (event_type, line) = export_form(key_seq(&k)?, &v)?;
         if !types.is_empty() && !types.iter().any(|x| *x == *event_type) {
             continue;
         }
-        if redacted_fields(&event_type, version).is_empty() {
-            out.write_all(&v)?;
-        } else {
-            out.write_all(&Envelope::from_stored_bytes(key_seq(&k)?, &v)?.export_line())?;
-        }
+        out.write_all(&line)?;
         out.write_all(b"\n")?;
         n += 1;
     }

@@ -44,6 +44,6 @@ pub use envelope::{
 };
 pub use error::EventError;
 pub use projections::{default_projections, Projection, ProjectionTx};
-pub use store::{EventPage, EventQuery, EventStore, SideWrite, StoreOptions};
+pub use store::{EventPage, EventQuery, EventStore, ExportedEvent, SideWrite, StoreOptions};
 pub use types::*;
 pub use verify::VerifyReport;

@@ -11,16 +11,18 @@
 //! the disk does. Verification is in `verify.rs`, catch-up and replay folds in `fold.rs`.
 
 use super::cache::RecordCache;
-use super::envelope::{Envelope, EventContext, GENESIS_HASH};
+use super::envelope::{redacted_fields, Envelope, EventContext, GENESIS_HASH};
 use super::error::EventError;
 use super::fold::fold_log;
 use super::migrate::{self, META_GENERATION};
 use super::projections::Projection;
+use super::raw::RawEnvelope;
 use super::types::Event;
 use super::verify::VerifyReport;
 use super::writer::{AppendRequest, Writer, WriterMsg};
 use chrono::{DateTime, Utc};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -100,6 +102,38 @@ pub struct EventPage {
     pub events: Vec<Envelope>,
     /// Set when more events match: the seq to continue from (see [`EventQuery`]).
     pub next_cursor: Option<u64>,
+}
+
+/// One committed event in its export form (see [`EventStore::export_after`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedEvent {
+    pub seq: u64,
+    /// `user.created`, `job.completed`, ...
+    pub event_type: String,
+    /// The line `inferno audit export` writes for it, without the newline.
+    pub line: Vec<u8>,
+}
+
+/// The type of a stored event and its export line: the stored bytes themselves, or for an
+/// event with redacted fields its shown form ([`Envelope::export_line`]).
+pub(crate) fn export_form(
+    seq: u64,
+    stored: &[u8],
+) -> Result<(Cow<'_, str>, Cow<'_, [u8]>), EventError> {
+    let raw = RawEnvelope::parse(stored);
+    let (event_type, version) = match raw.and_then(|r| r.type_str().map(|t| (t, r.version))) {
+        Some((t, version)) => (Cow::Borrowed(t), version),
+        None => {
+            let env = Envelope::from_stored_bytes(seq, stored)?;
+            (Cow::Owned(env.r#type), env.version)
+        }
+    };
+    if redacted_fields(&event_type, version).is_empty() {
+        Ok((event_type, Cow::Borrowed(stored)))
+    } else {
+        let line = Envelope::from_stored_bytes(seq, stored)?.export_line();
+        Ok((event_type, Cow::Owned(line)))
+    }
 }
 
 pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
@@ -537,6 +571,29 @@ impl EventStore {
             let seq = key_seq(&k)?;
             Envelope::from_stored_bytes(seq, &v)
         }))
+    }
+
+    /// Up to `limit` events after `after`, in order, each as `inferno audit export` writes
+    /// it (for followers that copy the log elsewhere byte for byte). Blocking fjall reads:
+    /// call from `spawn_blocking`.
+    pub fn export_after(&self, after: u64, limit: usize) -> Result<Vec<ExportedEvent>, EventError> {
+        let h = self.handles()?;
+        let mut out = Vec::new();
+        for g in h
+            .events
+            .range(seq_key(after.saturating_add(1))..)
+            .take(limit)
+        {
+            let (k, v) = g.into_inner()?;
+            let seq = key_seq(&k)?;
+            let (event_type, line) = export_form(seq, &v)?;
+            out.push(ExportedEvent {
+                seq,
+                event_type: event_type.into_owned(),
+                line: line.into_owned(),
+            });
+        }
+        Ok(out)
     }
 
     /// Live tail: every envelope after its commit. A slow receiver gets `Lagged` and
