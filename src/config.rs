@@ -273,11 +273,23 @@ impl Default for StreamConfig {
     }
 }
 
+/// `[nats]`: token and job lifecycle publishing to core NATS, and with `events` a copy of
+/// the event log in JetStream. NATS being down never stops the server (see `src/nats/`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
-    /// May hold credentials.
+    /// `nats://host:4222` (or `tls://`, several comma-separated); may hold
+    /// `user:password@`, so it is a secret.
     pub url: Secret,
+    /// A `.creds` file (user JWT and NKey seed) for a server that authenticates that way.
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+    /// Token for a server that authenticates by token.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// Also publish every committed audit event to the JetStream stream `INFERNO_EVENTS`.
+    #[serde(default)]
+    pub events: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -391,6 +403,23 @@ impl Config {
                 "models.max_wait_secs must be at least 1".into(),
             ));
         }
+        if let Some(nats) = &self.nats {
+            // The message never repeats the URL: it may hold a password.
+            let urls = nats.url.expose().split(',').map(str::trim);
+            if urls
+                .clone()
+                .any(|u| u.parse::<async_nats::ServerAddr>().is_err())
+            {
+                return Err(ConfigError::Invalid(
+                    "nats.url must be a NATS server URL such as nats://127.0.0.1:4222".into(),
+                ));
+            }
+            if nats.credentials.is_some() && nats.token.is_some() {
+                return Err(ConfigError::Invalid(
+                    "nats.credentials and nats.token are exclusive: set one".into(),
+                ));
+            }
+        }
         if self.server.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "server.max_body_bytes must be at least 1".into(),
@@ -413,7 +442,12 @@ impl Config {
         let mut value = toml::Value::try_from(self).unwrap_or(toml::Value::Boolean(false));
         mask(
             &mut value,
-            &[("auth", "jwt_secret"), ("queue", "url"), ("nats", "url")],
+            &[
+                ("auth", "jwt_secret"),
+                ("queue", "url"),
+                ("nats", "url"),
+                ("nats", "token"),
+            ],
         );
         toml::to_string_pretty(&value).unwrap_or_default()
     }

@@ -114,3 +114,65 @@ fn example_config_documents_every_key_and_loads() {
         Config::default().server.max_body_bytes
     );
 }
+
+#[test]
+fn nats_keys_load_and_their_secrets_never_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("inferno.toml");
+    std::fs::write(
+        &file,
+        r#"
+[nats]
+url = "nats://inferno:url-password-123@127.0.0.1:4222"
+token = "nats-token-456"
+"#,
+    )
+    .unwrap();
+    assert!(Config::load_from(None, env(&[])).unwrap().nats.is_none());
+    let cfg = Config::load_from(Some(&file), env(&[("INFERNO_NATS__EVENTS", "true")])).unwrap();
+    let nats = cfg.nats.as_ref().unwrap();
+    assert!(nats.events, "from the environment");
+    assert!(nats.credentials.is_none());
+    assert_eq!(nats.token.as_ref().unwrap().expose(), "nats-token-456");
+    for shown in [format!("{cfg:?}"), cfg.redacted_toml()] {
+        assert!(!shown.contains("url-password-123"), "{shown}");
+        assert!(!shown.contains("nats-token-456"), "{shown}");
+    }
+    // `events` defaults to false.
+    std::fs::write(&file, "[nats]\nurl = \"nats://127.0.0.1:4222\"\n").unwrap();
+    let cfg = Config::load_from(Some(&file), env(&[])).unwrap();
+    assert!(!cfg.nats.unwrap().events);
+}
+
+#[test]
+fn nats_errors_name_the_key_but_not_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("inferno.toml");
+    std::fs::write(&file, "[nats]\nurl = \"nats://u:secret-pw@[::1\"\n").unwrap();
+    let err = Config::load_from(Some(&file), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nats.url"), "{err}");
+    assert!(!err.contains("secret-pw"), "{err}");
+    std::fs::write(
+        &file,
+        "[nats]\nurl = \"nats://127.0.0.1:4222\"\ncredentials = \"/x.creds\"\ntoken = \"t\"\n",
+    )
+    .unwrap();
+    let err = Config::load_from(Some(&file), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nats.credentials") && err.contains("nats.token"),
+        "{err}"
+    );
+    std::fs::write(
+        &file,
+        "[nats]\nurl = \"nats://127.0.0.1:4222\"\nevent = true\n",
+    )
+    .unwrap();
+    let err = Config::load_from(Some(&file), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("event"), "{err}");
+}
