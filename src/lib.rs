@@ -21,6 +21,7 @@
 //! - [`stream`]: numbered, stored token pieces of jobs and their live fan-out (SSE, NATS).
 //! - [`audit`]: audit queries over the log; redaction rules for log lines.
 //! - [`logging`]: tracing set-up with redaction on every line.
+//! - [`nats`]: token and job lifecycle publishing to NATS, the log's copy in JetStream.
 #![deny(unsafe_code)]
 
 pub mod api;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod events;
 pub mod inference;
 pub mod logging;
+pub mod nats;
 pub mod paging;
 pub mod queue;
 pub mod ratelimit;

@@ -75,7 +75,14 @@ where
 
 /// Installs the global subscriber; keep the returned guard alive so the file writer flushes.
 pub fn init(cfg: &LoggingConfig) -> Option<WorkerGuard> {
-    let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // async-nats logs each reconnect attempt at info; `nats` logs each change of the
+    // connection's state once, so its lines are only shown from warn unless asked for.
+    let level = if cfg.level.contains("async_nats") {
+        cfg.level.clone()
+    } else {
+        format!("{},async_nats=warn", cfg.level)
+    };
+    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = cfg.format == "json";
     let stderr = layer(json, io::stderr, false);
     let (file, guard) = match &cfg.dir {

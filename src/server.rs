@@ -19,6 +19,7 @@ use crate::events::{EventStore, StoreOptions};
 use crate::inference::catalog::Catalog;
 use crate::inference::runner::Runner;
 use crate::inference::{Engine, EngineConfig, LlamaEngine};
+use crate::nats::Nats;
 use crate::queue::{EmbeddedQueue, JobQueue, WorkerHandle};
 use crate::ratelimit::RateLimits;
 use crate::stream::{StreamHub, StreamSettings};
@@ -35,6 +36,8 @@ struct Inner {
     queue: Arc<EmbeddedQueue>,
     streams: Arc<StreamHub>,
     connections: crate::api::conn::Connections,
+    /// Present when `[nats]` is set.
+    nats: Option<Nats>,
 }
 
 /// Start-up choices that are not configuration.
@@ -117,6 +120,11 @@ impl AppState {
         &self.inner.connections
     }
 
+    /// The NATS publisher, when `[nats]` is set (for token publishing and its status).
+    pub fn nats(&self) -> Option<&Nats> {
+        self.inner.nats.as_ref()
+    }
+
     fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, Ordering::Release);
     }
@@ -163,6 +171,10 @@ impl RunningServer {
         served.context("server task panicked")??;
         if let Err(e) = self.state.auth().flush_failures(true).await {
             tracing::warn!(error = %e, "recording failed authentications at shutdown");
+        }
+        // Its JetStream follower keeps its cursor in the store.
+        if let Some(nats) = self.state.nats() {
+            nats.shutdown().await;
         }
         self.state.store().shutdown().await;
         Ok(())
@@ -239,6 +251,11 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
     );
     let queue = EmbeddedQueue::open(store.clone(), queue_settings(&config), streams.clone())
         .context("loading the job queue")?;
+    // Connects in the background: NATS being down never delays or stops the start.
+    let nats = match &config.nats {
+        Some(n) => Some(Nats::start(n, store.clone()).await),
+        None => None,
+    };
     let state = AppState {
         inner: Arc::new(Inner {
             config: Arc::new(config.clone()),
@@ -252,6 +269,7 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
             queue: queue.clone(),
             streams,
             connections: crate::api::conn::Connections::default(),
+            nats,
         }),
     };
 

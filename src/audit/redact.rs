@@ -30,6 +30,11 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             r#"(?i)((?:\\?")?[a-z_]*password(?:\\?")?\s*[:=]\s*)(\\?"(?:[^"\\]|\\[^"])*\\?"|[^\s,;&}]+)"#,
             "${1}[REDACTED]",
         ),
+        // Credentials in a URL (`nats://user:password@host`, `postgres://...`).
+        rule(
+            r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@:]*:[^\s/@]*@",
+            "${1}[REDACTED]@",
+        ),
         // Email addresses.
         rule(
             r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
@@ -72,6 +77,21 @@ mod tests {
     fn escaped_json_password_is_scrubbed() {
         let line = r#"msg="{\"password\":\"s3cret-value\"}""#;
         assert!(!redact(line).contains("s3cret"));
+    }
+
+    #[test]
+    fn url_credentials_are_scrubbed() {
+        let out = redact("connecting to nats://inferno:pa55word@nats.internal:4222 failed");
+        assert!(
+            !out.contains("pa55word") && !out.contains("inferno:"),
+            "{out}"
+        );
+        assert!(
+            out.contains("nats://[REDACTED]@nats.internal:4222"),
+            "{out}"
+        );
+        let plain = "nats://127.0.0.1:4222";
+        assert_eq!(redact(plain), plain);
     }
 
     #[test]
