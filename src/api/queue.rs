@@ -50,6 +50,65 @@ pub struct QueueOverview {
     pub paused: bool,
     /// `[queue] max_depth`: queued + running jobs beyond it are refused with 503.
     pub max_depth: u64,
+    /// NATS publishing; absent when `[nats]` is not configured.
+    #[oai(skip_serializing_if_is_none)]
+    pub nats: Option<NatsOverview>,
+}
+
+/// The NATS publisher: connection, core NATS counters, the JetStream copy of the log.
+#[derive(Debug, Object)]
+pub struct NatsOverview {
+    /// `[nats]` is set (always true where this object is present).
+    pub configured: bool,
+    pub connected: bool,
+    /// When `connected` last changed, or when the client started.
+    pub since: DateTime<Utc>,
+    /// The last connection error since the last (re)connect.
+    pub last_error: Option<String>,
+    /// Tokens published to `inferno.jobs.<job_id>.tokens`.
+    pub tokens_published: u64,
+    /// Tokens dropped (NATS down or the buffer full): core NATS is at-most-once.
+    pub tokens_dropped: u64,
+    /// Job lifecycle events published to `inferno.jobs.<job_id>.events`.
+    pub lifecycle_published: u64,
+    /// Job lifecycle events dropped while NATS was down.
+    pub lifecycle_dropped: u64,
+    /// The JetStream copy of the log; present with `[nats] events = true`.
+    pub jetstream: Option<JetStreamOverview>,
+}
+
+/// The follower that copies every committed event into JetStream.
+#[derive(Debug, Object)]
+pub struct JetStreamOverview {
+    /// `INFERNO_EVENTS`.
+    pub stream: String,
+    /// The last event seq the stream acknowledged.
+    pub acked_seq: u64,
+    /// Committed events not yet in the stream (log head minus `acked_seq`).
+    pub lag: u64,
+    /// Why the follower last paused (NATS down, no JetStream, ...); cleared when it resumes.
+    pub last_error: Option<String>,
+}
+
+impl From<crate::nats::NatsStatus> for NatsOverview {
+    fn from(s: crate::nats::NatsStatus) -> Self {
+        NatsOverview {
+            configured: true,
+            connected: s.connected,
+            since: s.since,
+            last_error: s.last_error,
+            tokens_published: s.tokens_published,
+            tokens_dropped: s.tokens_dropped,
+            lifecycle_published: s.lifecycle_published,
+            lifecycle_dropped: s.lifecycle_dropped,
+            jetstream: s.jetstream.map(|j| JetStreamOverview {
+                stream: j.stream,
+                acked_seq: j.acked_seq,
+                lag: j.lag,
+                last_error: j.last_error,
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Object)]
@@ -99,8 +158,9 @@ pub struct QueueApi;
 
 #[OpenApi(tag = "ApiTags::Queue")]
 impl QueueApi {
-    /// Counts by state and model, the oldest queued job's age, workers, recent throughput
-    /// and the paused flag. Requires permission `manage_queue`.
+    /// Counts by state and model, the oldest queued job's age, workers, recent throughput,
+    /// the paused flag and, when configured, the NATS publisher's state. Requires
+    /// permission `manage_queue`.
     #[oai(
         path = "/api/v1/queue",
         method = "get",
@@ -141,6 +201,7 @@ impl QueueApi {
             tokens_last_minute: s.tokens_last_minute,
             paused: s.paused,
             max_depth: s.max_depth as u64,
+            nats: state.nats().map(|n| n.status().into()),
         }))
     }
 
