@@ -147,26 +147,32 @@ async fn assert_healthy(ts: &TestServer) {
 /// Asserts that the stream holds exactly the log's events `1..=head`, in order, each once,
 /// byte for byte as the export writes them; returns `head`.
 async fn assert_stream_is_the_log(ts: &TestServer, nats_url: &str) -> u64 {
+    assert_stream_holds(ts, nats_url, 1, Duration::from_secs(120)).await
+}
+
+/// As [`assert_stream_is_the_log`] for the events from `first` on (an older part purged),
+/// in a stream with this duplicate window.
+async fn assert_stream_holds(ts: &TestServer, nats_url: &str, first: u64, window: Duration) -> u64 {
     let head = ts.state().store().head().0;
-    let log = ts.state().store().export_after(0, 100_000).unwrap();
-    assert_eq!(log.len() as u64, head);
+    let log = ts.state().store().export_after(first - 1, 100_000).unwrap();
+    assert_eq!(log.len() as u64, head + 1 - first);
     let client = async_nats::connect(nats_url).await.unwrap();
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream("INFERNO_EVENTS").await.unwrap();
     let info = stream.info().await.unwrap().clone();
     assert_eq!(info.config.subjects, vec!["inferno.events.>".to_string()]);
-    assert_eq!(info.config.duplicate_window, Duration::from_secs(120));
+    assert_eq!(info.config.duplicate_window, window);
     assert_eq!(
         (
             info.state.messages,
             info.state.first_sequence,
             info.state.last_sequence
         ),
-        (head, 1, head),
+        (head + 1 - first, first, head),
         "the stream holds every event once"
     );
     for (i, ev) in log.iter().enumerate() {
-        let msg = stream.get_raw_message(i as u64 + 1).await.unwrap();
+        let msg = stream.get_raw_message(first + i as u64).await.unwrap();
         let id = msg
             .headers
             .get(async_nats::header::NATS_MESSAGE_ID)
@@ -210,8 +216,26 @@ async fn jetstream_holds_every_event_once_in_order_across_an_outage_and_a_restar
     .await;
     assert_stream_is_the_log(&ts, &url).await;
 
-    // NATS goes away: the server serves on, and shows the outage.
+    // NATS goes away while events are being committed (and published): the server
+    // serves on, and shows the outage.
+    let writer = {
+        let (client, url, admin) = (ts.client.clone(), ts.url.clone(), admin.clone());
+        tokio::spawn(async move {
+            for i in 0..20 {
+                let r = client
+                    .post(format!("{url}/api/v1/auth/api-keys"))
+                    .bearer_auth(&admin)
+                    .json(&json!({"name": format!("across-{i}"), "permissions": ["read_models"]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
     nats.kill();
+    writer.await.unwrap();
     wait_status(&ts, &admin, 15, |s| s["connected"] == false).await;
     for i in 0..5 {
         create_key(&ts, &admin, &format!("during-{i}")).await;
@@ -245,6 +269,79 @@ async fn jetstream_holds_every_event_once_in_order_across_an_outage_and_a_restar
     })
     .await;
     assert_stream_is_the_log(&ts, &url).await;
+    ts.stop().await;
+    drop(nats);
+}
+
+/// After a restart the follower resumes after the stream's last message, not after a
+/// stale cursor: here the cursor is lost and the duplicate window (set short by the test)
+/// has passed, so a resend would be a duplicate. A purged stream continues from the cursor.
+#[tokio::test]
+async fn resuming_trusts_the_stream_over_a_stale_cursor() {
+    let nats_dir = tempfile::tempdir().unwrap();
+    let nats = OwnNats::start(free_port(), nats_dir.path()).await;
+    let url = nats.url();
+    let window = Duration::from_millis(200);
+    let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "INFERNO_EVENTS".into(),
+        subjects: vec!["inferno.events.>".into()],
+        duplicate_window: window,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(&dir);
+    cfg.nats = Some(nats_config(&url, true));
+    let ts = common::start_config(cfg.clone(), dir).await;
+    let admin = ts.admin_token().await;
+    create_key(&ts, &admin, "one").await;
+    let head = ts.state().store().head().0;
+    wait_status(&ts, &admin, 30, |s| {
+        s["jetstream"]["acked_seq"].as_u64() >= Some(head)
+    })
+    .await;
+    assert_stream_holds(&ts, &url, 1, window).await;
+
+    // The cursor is lost while the server is down, for longer than the window.
+    let dir = ts.stop().await;
+    let store = inferno::events::EventStore::open(
+        &dir.path().join("data"),
+        inferno::events::default_projections(),
+        Default::default(),
+    )
+    .unwrap();
+    store
+        .side_delete(inferno::nats::CURSOR_KEYSPACE, inferno::nats::CURSOR_KEY)
+        .unwrap();
+    store.shutdown().await;
+    tokio::time::sleep(window * 2).await;
+    let ts = common::start_config(cfg.clone(), dir).await;
+    let admin = ts.admin_token().await;
+    create_key(&ts, &admin, "two").await;
+    let head = ts.state().store().head().0;
+    wait_status(&ts, &admin, 30, |s| {
+        s["jetstream"]["acked_seq"].as_u64() >= Some(head)
+    })
+    .await;
+    assert_stream_holds(&ts, &url, 1, window).await;
+
+    // Purged: what comes next follows the cursor; the purged events are not sent again.
+    let mut stream = js.get_stream("INFERNO_EVENTS").await.unwrap();
+    stream.purge().await.unwrap();
+    let dir = ts.stop().await;
+    let ts = common::start_config(cfg.clone(), dir).await;
+    let admin = ts.admin_token().await;
+    create_key(&ts, &admin, "three").await;
+    let head = ts.state().store().head().0;
+    wait_status(&ts, &admin, 30, |s| {
+        s["jetstream"]["acked_seq"].as_u64() >= Some(head)
+    })
+    .await;
+    let purged_at = stream.info().await.unwrap().state.first_sequence;
+    assert!(purged_at > 1);
+    assert_stream_holds(&ts, &url, purged_at, window).await;
     ts.stop().await;
     drop(nats);
 }

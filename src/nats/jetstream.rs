@@ -28,7 +28,8 @@ pub const STREAM: &str = "INFERNO_EVENTS";
 pub const STREAM_SUBJECTS: &str = "inferno.events.>";
 /// The side keyspace of the follower's cursor (not event-sourced).
 pub const CURSOR_KEYSPACE: &str = "nats_cursor";
-const CURSOR_KEY: &[u8] = b"jetstream";
+/// The cursor's key: the last acknowledged seq, 8 bytes big-endian.
+pub const CURSOR_KEY: &[u8] = b"jetstream";
 /// Resends of an unacknowledged publish within this window are dropped by the stream.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Events read from the log at a time.
@@ -142,6 +143,9 @@ pub(crate) async fn follow(
         };
         let failure = match prepared {
             Ok(resume) => {
+                if progress.last_error().is_some() {
+                    tracing::info!(stream = STREAM, "JetStream follower resumed");
+                }
                 if resume != progress.acked() {
                     tracing::info!(
                         from = progress.acked(),
@@ -161,7 +165,12 @@ pub(crate) async fn follow(
             }
             Err(e) => e,
         };
-        tracing::debug!(error = %failure, "JetStream follower paused");
+        // Once per pause, and not for an outage the connection already reported.
+        if progress.last_error().is_none() && link.is_up() && !stop.is_cancelled() {
+            tracing::warn!(error = %failure, "JetStream follower paused; retrying");
+        } else {
+            tracing::debug!(error = %failure, "JetStream follower paused");
+        }
         progress.set_error(Some(failure));
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -258,6 +267,9 @@ async fn publish_all(
             let seq = ev.seq;
             let acked = tokio::select! {
                 _ = stop.cancelled() => return Stopped::Stop,
+                // An ack that was in flight may or may not have been stored: `prepare`
+                // reads the stream's last message after the reconnect.
+                _ = link.wait_down() => return Stopped::Failed("NATS disconnected".into()),
                 r = publish(js, ev) => r,
             };
             match acked {

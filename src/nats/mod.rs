@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::NatsConfig;
 use crate::events::EventStore;
 
-pub use jetstream::{CURSOR_KEYSPACE, STREAM, STREAM_SUBJECTS};
+pub use jetstream::{CURSOR_KEY, CURSOR_KEYSPACE, STREAM, STREAM_SUBJECTS};
 
 /// Longest [`Nats::shutdown`] waits for the publishing tasks.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
