@@ -256,6 +256,10 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         Some(n) => Some(Nats::start(n, store.clone()).await),
         None => None,
     };
+    // Every generated piece also goes to `inferno.jobs.<id>.tokens`.
+    if let Some(n) = &nats {
+        streams.set_tap(Arc::new(n.clone()));
+    }
     let state = AppState {
         inner: Arc::new(Inner {
             config: Arc::new(config.clone()),

@@ -484,3 +484,74 @@ async fn lifecycle_events_of_a_job_reach_a_subscriber_in_order() {
     let s = nats_status(&ts, &admin).await;
     assert!(s["lifecycle_published"].as_u64() >= Some(3), "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_generated_tokens_reach_a_subscriber_in_order() {
+    let url = shared_nats_url();
+    let ts = common::start_with(|c: &mut Config| {
+        common::with_test_model(c);
+        c.nats = Some(nats_config(&url, false));
+    })
+    .await;
+    let admin = ts.admin_token().await;
+    wait_status(&ts, &admin, 15, |s| s["connected"] == true).await;
+    let client = async_nats::connect(url.as_str()).await.unwrap();
+    // Queued while paused, so the subscription is in place before the first token.
+    let post = |path: &'static str| {
+        ts.client
+            .post(ts.at(path))
+            .bearer_auth(&admin)
+            .json(&json!({}))
+            .send()
+    };
+    assert_eq!(post("/api/v1/queue/pause").await.unwrap().status(), 200);
+    let r = ts
+        .client
+        .post(ts.at("/api/v1/jobs"))
+        .bearer_auth(&admin)
+        .json(&json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 24}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let job_id = r.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut sub = client
+        .subscribe(format!("inferno.jobs.{job_id}.tokens"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    assert_eq!(post("/api/v1/queue/resume").await.unwrap().status(), 200);
+
+    // The job's end, then every piece it stored (its SSE replay) against what NATS carried.
+    let mut job = Value::Null;
+    for _ in 0..600 {
+        job = ts.get_json(&admin, &format!("/api/v1/jobs/{job_id}")).await;
+        if job["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(job["status"], "completed", "{job}");
+    let text = job["result"]["text"].as_str().unwrap().to_string();
+    let mut got: Vec<Value> = Vec::new();
+    while got
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect::<String>()
+        != text
+    {
+        let msg = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("tokens so far: {got:?}, text {text:?}"))
+            .unwrap();
+        got.push(serde_json::from_slice(&msg.payload).unwrap());
+    }
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m["index"], i as u64, "{m}");
+        assert_eq!(m["job_id"], json!(job_id));
+    }
+    assert!(!got.is_empty());
+}

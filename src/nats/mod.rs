@@ -499,3 +499,9 @@ mod tests {
         store.shutdown().await;
     }
 }
+
+impl crate::stream::TokenTap for Nats {
+    fn token(&self, job_id: &str, index: u64, text: &str) {
+        self.publish_token(job_id, index, text);
+    }
+}
