@@ -7,12 +7,13 @@
 //! message when it has one (what JetStream really holds, whatever acks were lost); the
 //! cursor kept in fjall when the stream was purged; the beginning of the log for a stream
 //! that never held a message. A resend of an event whose ack was lost is dropped by the
-//! stream's duplicate window (2 minutes). The cursor is written at most once a second:
-//! it is only the fallback.
+//! stream's duplicate window (2 minutes). The cursor is written after each batch without
+//! its own fsync (durable with the log's next append; fsynced at shutdown): it is only the
+//! fallback.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
@@ -34,8 +35,6 @@ pub const CURSOR_KEY: &[u8] = b"jetstream";
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Events read from the log at a time.
 const CHUNK: usize = 256;
-/// The cursor is written at most this often.
-const PERSIST_EVERY: Duration = Duration::from_secs(1);
 const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 
@@ -85,24 +84,24 @@ impl Progress {
 /// The cursor as last written to fjall.
 struct Cursor {
     written: u64,
-    at: Instant,
 }
 
 impl Cursor {
-    fn dirty(&self, acked: u64) -> bool {
-        acked != self.written
-    }
-
-    async fn write(&mut self, store: &EventStore, acked: u64, force: bool) {
-        if !self.dirty(acked) || (!force && self.at.elapsed() < PERSIST_EVERY) {
+    /// Stores `acked` when it moved: buffered, or fsynced with `sync` (at shutdown).
+    async fn write(&mut self, store: &EventStore, acked: u64, sync: bool) {
+        if acked == self.written && !sync {
             return;
         }
         let s = store.clone();
         let done = tokio::task::spawn_blocking(move || {
-            s.side_put(CURSOR_KEYSPACE, CURSOR_KEY, &acked.to_be_bytes())
+            let value = acked.to_be_bytes();
+            if sync {
+                s.side_put(CURSOR_KEYSPACE, CURSOR_KEY, &value)
+            } else {
+                s.side_put_buffered(CURSOR_KEYSPACE, CURSOR_KEY, &value)
+            }
         })
         .await;
-        self.at = Instant::now();
         match done {
             Ok(Ok(())) => self.written = acked,
             Ok(Err(e)) => tracing::debug!(error = %e, "writing the JetStream cursor"),
@@ -129,7 +128,6 @@ pub(crate) async fn follow(
     let mut live = store.subscribe();
     let mut cursor = Cursor {
         written: progress.acked(),
-        at: Instant::now(),
     };
     let mut retry = RETRY_MIN;
     loop {
@@ -254,12 +252,10 @@ async fn publish_all(
         };
         if batch.is_empty() {
             cursor.write(store, after, false).await;
-            let flush_due = cursor.dirty(after);
             tokio::select! {
                 _ = stop.cancelled() => return Stopped::Stop,
                 _ = live.recv() => {}
                 _ = link.wait_down() => return Stopped::Failed("NATS disconnected".into()),
-                _ = tokio::time::sleep(PERSIST_EVERY), if flush_due => {}
             }
             continue;
         }
