@@ -383,6 +383,26 @@ async fn without_nats_the_queue_overview_has_no_nats_object() {
     assert!(ts.state().nats().is_none());
 }
 
+/// Subscribes and returns once the server routes to the subscription: `flush` only writes
+/// the SUB, so a probe published on `probe` (which `subject` must match) comes back first.
+async fn subscribe_ready(
+    client: &async_nats::Client,
+    subject: String,
+    probe: String,
+) -> async_nats::Subscriber {
+    let mut sub = client.subscribe(subject).await.unwrap();
+    client.publish(probe.clone(), "probe".into()).await.unwrap();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("the probe comes back")
+            .unwrap();
+        if msg.subject.as_str() == probe {
+            return sub;
+        }
+    }
+}
+
 #[tokio::test]
 async fn tokens_reach_a_subscriber_in_order() {
     let url = shared_nats_url();
@@ -391,11 +411,8 @@ async fn tokens_reach_a_subscriber_in_order() {
     wait_status(&ts, &admin, 15, |s| s["connected"] == true).await;
     let job_id = uuid::Uuid::new_v4().to_string();
     let client = async_nats::connect(url.as_str()).await.unwrap();
-    let mut sub = client
-        .subscribe(format!("inferno.jobs.{job_id}.tokens"))
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
+    let subject = format!("inferno.jobs.{job_id}.tokens");
+    let mut sub = subscribe_ready(&client, subject.clone(), subject).await;
     let nats = ts.state().nats().expect("configured");
     for i in 0..100u64 {
         nats.publish_token(&job_id, i, &format!("tok{i} \"q\"\n"));
@@ -428,8 +445,8 @@ async fn lifecycle_events_of_a_job_reach_a_subscriber_in_order() {
     wait_status(&ts, &admin, 15, |s| s["connected"] == true).await;
     let client = async_nats::connect(url.as_str()).await.unwrap();
     // Every job's events; this job's are picked out by id (other servers may share NATS).
-    let mut sub = client.subscribe("inferno.jobs.*.events").await.unwrap();
-    client.flush().await.unwrap();
+    let probe = format!("inferno.jobs.probe-{}.events", uuid::Uuid::new_v4());
+    let mut sub = subscribe_ready(&client, "inferno.jobs.*.events".into(), probe).await;
 
     let r = ts
         .client
@@ -518,11 +535,8 @@ async fn a_jobs_generated_tokens_reach_a_subscriber_in_order() {
         .as_str()
         .unwrap()
         .to_string();
-    let mut sub = client
-        .subscribe(format!("inferno.jobs.{job_id}.tokens"))
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
+    let subject = format!("inferno.jobs.{job_id}.tokens");
+    let mut sub = subscribe_ready(&client, subject.clone(), subject).await;
     assert_eq!(post("/api/v1/queue/resume").await.unwrap().status(), 200);
 
     // The job's end, then every piece it stored (its SSE replay) against what NATS carried.
