@@ -387,6 +387,13 @@ impl Nats {
     }
 }
 
+/// The stream hub's tap: each piece a run generates goes to its job's token subject.
+impl crate::stream::TokenTap for Nats {
+    fn token(&self, job_id: &str, index: u64, text: &str) {
+        self.publish_token(job_id, index, text);
+    }
+}
+
 /// Builds the client; it connects (and reconnects, forever) in the background.
 async fn connect(config: &NatsConfig, link: Arc<Link>) -> Result<async_nats::Client, String> {
     let mut opts = match &config.credentials {
@@ -497,11 +504,5 @@ mod tests {
         assert_eq!(js.lag, store.head().0);
         nats.shutdown().await;
         store.shutdown().await;
-    }
-}
-
-impl crate::stream::TokenTap for Nats {
-    fn token(&self, job_id: &str, index: u64, text: &str) {
-        self.publish_token(job_id, index, text);
     }
 }
