@@ -364,8 +364,12 @@ async fn fifty_consumers_of_one_job_all_receive_every_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queued_job_streams_its_position_and_the_stream_cap_is_503() {
-    let (ts, token) = server(|c| c.stream.max_streams = 2).await;
+async fn a_queued_job_streams_its_position_and_keep_alives_and_the_stream_cap_is_503() {
+    let (ts, token) = server(|c| {
+        c.stream.max_streams = 2;
+        c.stream.keep_alive_secs = 1;
+    })
+    .await;
     let r = post(&ts, &token, "/api/v1/queue/pause", &json!({})).await;
     assert_eq!(r.status(), 200);
     let mut jobs = Vec::new();
@@ -378,6 +382,14 @@ async fn a_queued_job_streams_its_position_and_the_stream_cap_is_503() {
     let e = second.next().await.unwrap();
     assert_eq!(e.event, "queued");
     assert_eq!(e.data["position"], 2);
+    // Nothing happens while paused but keep-alive comments (every second here).
+    let quiet = tokio::time::timeout(Duration::from_millis(2500), second.next()).await;
+    assert!(quiet.is_err(), "no event while paused: {quiet:?}");
+    assert!(
+        second.comments >= 2,
+        "{} keep-alive comments",
+        second.comments
+    );
     // Two streams open: the third is refused, and a streamed POST queues nothing.
     let _first = open(&ts, &token, &jobs[0], None).await;
     let r = get_stream(&ts, &token, &jobs[0], None).await;
