@@ -448,19 +448,12 @@ async fn lifecycle_events_of_a_job_reach_a_subscriber_in_order() {
     let probe = format!("inferno.jobs.probe-{}.events", uuid::Uuid::new_v4());
     let mut sub = subscribe_ready(&client, "inferno.jobs.*.events".into(), probe).await;
 
-    let r = ts
-        .client
-        .post(ts.at("/api/v1/jobs"))
-        .bearer_auth(&admin)
-        .json(&json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let job_id = r.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let job_id = ts
+        .queue_job(
+            &admin,
+            &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4}),
+        )
+        .await;
 
     let mut got: Vec<Value> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -522,19 +515,12 @@ async fn a_jobs_generated_tokens_reach_a_subscriber_in_order() {
             .send()
     };
     assert_eq!(post("/api/v1/queue/pause").await.unwrap().status(), 200);
-    let r = ts
-        .client
-        .post(ts.at("/api/v1/jobs"))
-        .bearer_auth(&admin)
-        .json(&json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 24}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let job_id = r.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let job_id = ts
+        .queue_job(
+            &admin,
+            &json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 24}),
+        )
+        .await;
     let subject = format!("inferno.jobs.{job_id}.tokens");
     let mut sub = subscribe_ready(&client, subject.clone(), subject).await;
     assert_eq!(post("/api/v1/queue/resume").await.unwrap().status(), 200);

@@ -74,16 +74,6 @@ async fn open(ts: &TestServer, token: &str, job: &str, last: Option<&str>) -> Ss
     SseReader::new(get_stream(ts, token, job, last).await)
 }
 
-/// Queues a job (202) and returns its id.
-async fn queue_job(ts: &TestServer, token: &str, b: &Value) -> String {
-    let r = post(ts, token, "/api/v1/jobs", b).await;
-    assert_eq!(r.status(), 202);
-    r.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// Polls the job until `done(job)` holds (at most 60 s) and returns it.
 async fn job_until(ts: &TestServer, token: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
     for _ in 0..600 {
@@ -307,7 +297,7 @@ async fn streaming_needs_use_streaming_and_streams_are_private() {
     assert!(queued.is_empty(), "{queued:?}");
 
     // The key may queue a plain job but not watch its stream.
-    let job = queue_job(&ts, &no_stream, &body("Hello", 2, json!({}))).await;
+    let job = ts.queue_job(&no_stream, &body("Hello", 2, json!({}))).await;
     let r = get_stream(&ts, &no_stream, &job, None).await;
     expect_error(r, 403, "PERMISSION_DENIED").await;
     // Another user (who holds use_streaming) gets 404; the admin (manage_queue) sees it.
@@ -323,12 +313,12 @@ async fn fifty_consumers_of_one_job_all_receive_every_token() {
     // A live channel of 4 pieces: the slow consumer below falls behind and must continue
     // from storage.
     let (ts, token) = server(|c| c.stream.max_lag = 4).await;
-    let job = queue_job(
-        &ts,
-        &token,
-        &body("The history of the printing press", 96, json!({})),
-    )
-    .await;
+    let job = ts
+        .queue_job(
+            &token,
+            &body("The history of the printing press", 96, json!({})),
+        )
+        .await;
     let ts = Arc::new(ts);
     let mut tasks = Vec::new();
     for _ in 0..50 {
@@ -374,7 +364,7 @@ async fn a_queued_job_streams_its_position_and_keep_alives_and_the_stream_cap_is
     assert_eq!(r.status(), 200);
     let mut jobs = Vec::new();
     for _ in 0..2 {
-        jobs.push(queue_job(&ts, &token, &body("Say hello", 4, json!({}))).await);
+        jobs.push(ts.queue_job(&token, &body("Say hello", 4, json!({}))).await);
     }
     let mut second = open(&ts, &token, &jobs[1], None).await;
     let e = second.next().await.unwrap();

@@ -292,6 +292,21 @@ impl TestServer {
         r.json().await.expect("JSON body")
     }
 
+    /// `POST /api/v1/jobs` with `body`; asserts 202 and returns the job id.
+    pub async fn queue_job(&self, token: &str, body: &Value) -> String {
+        let r = self
+            .client
+            .post(self.at("/api/v1/jobs"))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("POST /api/v1/jobs");
+        assert_eq!(r.status(), 202, "queue a job");
+        let v: Value = r.json().await.expect("job body");
+        v["job_id"].as_str().expect("job_id").to_string()
+    }
+
     /// [`infer_once`] on this server.
     pub async fn infer_once(&self, token: &str) -> Value {
         infer_once(&self.client, &self.url, token).await
