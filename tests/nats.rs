@@ -433,8 +433,9 @@ async fn tokens_reach_a_subscriber_in_order() {
     assert_eq!(s["jetstream"], Value::Null, "events = false: {s}");
 }
 
-#[tokio::test]
-async fn lifecycle_events_of_a_job_reach_a_subscriber_in_order() {
+/// A server with the test model on the machine's NATS (core publishing only), once it is
+/// connected; its admin token and a NATS client of the test's own.
+async fn model_server_on_shared_nats() -> (TestServer, String, async_nats::Client) {
     let url = shared_nats_url();
     let ts = common::start_with(|c: &mut Config| {
         common::with_test_model(c);
@@ -444,6 +445,12 @@ async fn lifecycle_events_of_a_job_reach_a_subscriber_in_order() {
     let admin = ts.admin_token().await;
     wait_status(&ts, &admin, 15, |s| s["connected"] == true).await;
     let client = async_nats::connect(url.as_str()).await.unwrap();
+    (ts, admin, client)
+}
+
+#[tokio::test]
+async fn lifecycle_events_of_a_job_reach_a_subscriber_in_order() {
+    let (ts, admin, client) = model_server_on_shared_nats().await;
     // Every job's events; this job's are picked out by id (other servers may share NATS).
     let probe = format!("inferno.jobs.probe-{}.events", uuid::Uuid::new_v4());
     let mut sub = subscribe_ready(&client, "inferno.jobs.*.events".into(), probe).await;
@@ -497,15 +504,7 @@ async fn lifecycle_events_of_a_job_reach_a_subscriber_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jobs_generated_tokens_reach_a_subscriber_in_order() {
-    let url = shared_nats_url();
-    let ts = common::start_with(|c: &mut Config| {
-        common::with_test_model(c);
-        c.nats = Some(nats_config(&url, false));
-    })
-    .await;
-    let admin = ts.admin_token().await;
-    wait_status(&ts, &admin, 15, |s| s["connected"] == true).await;
-    let client = async_nats::connect(url.as_str()).await.unwrap();
+    let (ts, admin, client) = model_server_on_shared_nats().await;
     // Queued while paused, so the subscription is in place before the first token.
     let post = |path: &'static str| {
         ts.client
