@@ -313,11 +313,35 @@ impl Default for LoggingConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// Store prompt and output text in inference events (default: SHA-256 and length only).
     pub record_content: bool,
+    /// The Ed25519 note key that signs checkpoints of the log's Merkle tree (a C2SP
+    /// signed-note private key, as `inferno audit keygen` writes it). Keep it outside the
+    /// data dir: unset, one is generated once into `<data_dir>/audit-signing.key` and then
+    /// shares the data dir's trust.
+    pub signing_key: Option<PathBuf>,
+    /// The checkpoint origin (and key name) a generated key gets; default
+    /// `inferno/<16 random hex digits>`.
+    pub origin: Option<String>,
+    /// Sign a checkpoint after this many events...
+    pub checkpoint_every: u64,
+    /// ...or this many seconds after the last one, when events came since.
+    pub checkpoint_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            record_content: false,
+            signing_key: None,
+            origin: None,
+            checkpoint_every: 1000,
+            checkpoint_secs: 60,
+        }
+    }
 }
 
 /// Why a configuration could not be loaded; the message names the offending key.
@@ -392,6 +416,19 @@ impl Config {
                  queue.lease_secs and queue.job_timeout_secs must be at least 1"
                     .into(),
             ));
+        }
+        if self.audit.checkpoint_every == 0 || self.audit.checkpoint_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "audit.checkpoint_every and audit.checkpoint_secs must be at least 1".into(),
+            ));
+        }
+        if let Some(origin) = &self.audit.origin {
+            if origin.is_empty() || origin.contains('+') || origin.chars().any(char::is_whitespace)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "audit.origin must be non-empty, without spaces or '+', not {origin:?}"
+                )));
+            }
         }
         if self.models.parallel == 0 {
             return Err(ConfigError::Invalid(

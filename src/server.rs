@@ -13,6 +13,8 @@ use poem::Server;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::audit::checkpoint::CheckpointSigner;
+use crate::audit::checkpointer::Checkpointer;
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::events::{EventStore, StoreOptions};
@@ -38,6 +40,8 @@ struct Inner {
     connections: crate::api::conn::Connections,
     /// Present when `[nats]` is set.
     nats: Option<Nats>,
+    /// Signed checkpoints of the log's Merkle tree.
+    checkpoints: Arc<Checkpointer>,
 }
 
 /// Start-up choices that are not configuration.
@@ -125,6 +129,11 @@ impl AppState {
         self.inner.nats.as_ref()
     }
 
+    /// Signed checkpoints of the log's Merkle tree.
+    pub fn checkpoints(&self) -> &Arc<Checkpointer> {
+        &self.inner.checkpoints
+    }
+
     fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, Ordering::Release);
     }
@@ -146,6 +155,8 @@ pub struct RunningServer {
     handle: JoinHandle<std::io::Result<()>>,
     workers: Option<WorkerHandle>,
     grace: Duration,
+    /// Stops the checkpoint schedule.
+    stop_checkpoints: tokio_util::sync::CancellationToken,
 }
 
 impl RunningServer {
@@ -171,6 +182,13 @@ impl RunningServer {
         served.context("server task panicked")??;
         if let Err(e) = self.state.auth().flush_failures(true).await {
             tracing::warn!(error = %e, "recording failed authentications at shutdown");
+        }
+        // A last checkpoint covers everything, for auditors reading the stopped data dir.
+        self.stop_checkpoints.cancel();
+        if !self.state.store().is_read_only() {
+            if let Err(e) = self.state.checkpoints().current().await {
+                tracing::warn!(error = %e, "signing the last checkpoint at shutdown");
+            }
         }
         // Its JetStream follower keeps its cursor in the store.
         if let Some(nats) = self.state.nats() {
@@ -199,9 +217,23 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         crate::events::projections::default_projections(),
         StoreOptions {
             allow_broken_tail: opts.allow_broken_tail,
+            ..StoreOptions::default()
         },
     )
     .with_context(|| format!("opening the event log in {}", data_dir.display()))?;
+    let signer = CheckpointSigner::load(
+        config.audit.signing_key.as_deref(),
+        &data_dir,
+        config.audit.origin.as_deref(),
+    )?;
+    let checkpoints = Arc::new(Checkpointer::open(
+        store.clone(),
+        Arc::new(signer),
+        config.audit.checkpoint_every,
+        Duration::from_secs(config.audit.checkpoint_secs),
+    )?);
+    let stop_checkpoints = tokio_util::sync::CancellationToken::new();
+    checkpoints.spawn(stop_checkpoints.clone());
     let auth = Arc::new(AuthService::new(
         store.clone(),
         &config.auth,
@@ -274,6 +306,7 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
             streams,
             connections: crate::api::conn::Connections::default(),
             nats,
+            checkpoints,
         }),
     };
 
@@ -350,6 +383,7 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         handle,
         workers: Some(workers),
         grace: timeout,
+        stop_checkpoints,
     })
 }
 

@@ -418,6 +418,7 @@ async fn tampering_is_detected_and_refused() {
         default_projections(),
         StoreOptions {
             allow_broken_tail: true,
+            ..StoreOptions::default()
         },
     )
     .unwrap();
@@ -961,6 +962,7 @@ async fn envelopes_stored_in_another_encoding_are_reported_not_re_encoded() {
         default_projections(),
         StoreOptions {
             allow_broken_tail: true,
+            ..StoreOptions::default()
         },
     )
     .unwrap();

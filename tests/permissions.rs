@@ -175,6 +175,48 @@ fn rows() -> Vec<Row> {
             Some("view_audit_logs"),
             None,
         ),
+        r(
+            "get",
+            "/api/v1/audit/checkpoint",
+            "/api/v1/audit/checkpoint",
+            Some("view_audit_logs"),
+            None,
+        ),
+        r(
+            "get",
+            "/api/v1/audit/checkpoints",
+            "/api/v1/audit/checkpoints",
+            Some("view_audit_logs"),
+            None,
+        ),
+        r(
+            "get",
+            "/api/v1/audit/public-key",
+            "/api/v1/audit/public-key",
+            Some("view_audit_logs"),
+            None,
+        ),
+        r(
+            "get",
+            "/api/v1/audit/proof/inclusion",
+            "/api/v1/audit/proof/inclusion?seq=1",
+            Some("view_audit_logs"),
+            None,
+        ),
+        r(
+            "get",
+            "/api/v1/audit/proof/consistency",
+            "/api/v1/audit/proof/consistency?from=1",
+            Some("view_audit_logs"),
+            None,
+        ),
+        r(
+            "get",
+            "/api/v1/audit/state",
+            "/api/v1/audit/state?at=1",
+            Some("view_audit_logs"),
+            None,
+        ),
         // models
         r(
             "get",
@@ -345,6 +387,12 @@ fn rows() -> Vec<Row> {
         (404, &[]),
         (404, &[]),
         (200, &[]), // audit events, one event, stream, verify, export
+        (200, &[]),
+        (200, &[]),
+        (200, &[]),
+        (200, &[]),
+        (200, &[]), // checkpoint, checkpoints, public key, both proofs, state
+        (200, &[]),
         (200, &[]),
         (200, &[]),
         (200, &[]),

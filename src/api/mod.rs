@@ -18,6 +18,7 @@ mod queue;
 pub mod security;
 mod stream;
 pub mod tls;
+mod transparency;
 mod users;
 
 use poem::middleware::Cors;
@@ -73,6 +74,7 @@ pub type Apis = (
     keys::KeysApi,
     users::UsersApi,
     audit::AuditApi,
+    transparency::TransparencyApi,
     models::ModelsApi,
     inference::InferenceApi,
     jobs::JobsApi,
@@ -87,6 +89,7 @@ fn apis() -> Apis {
         keys::KeysApi,
         users::UsersApi,
         audit::AuditApi,
+        transparency::TransparencyApi,
         models::ModelsApi,
         inference::InferenceApi,
         jobs::JobsApi,

@@ -4,6 +4,7 @@
 mod audit;
 mod queue;
 mod serve;
+mod transparency;
 mod user;
 
 use std::path::PathBuf;
@@ -25,7 +26,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Print the OpenAPI specification as JSON.
     Openapi,
-    /// Verify, export or replay the event log (server stopped).
+    /// Verify, export or replay the event log (server stopped); auditors' checkpoints,
+    /// proofs and point-in-time state.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
     /// Manage users (server stopped).

@@ -33,7 +33,7 @@ pub struct ReplayReport {
 }
 
 /// Progress reporting: a bar on a terminal, a line every few seconds elsewhere.
-struct Progress {
+pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
     label: &'static str,
     last_line: Instant,
@@ -41,7 +41,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(enabled: bool, label: &'static str, total: u64) -> Progress {
+    pub fn new(enabled: bool, label: &'static str, total: u64) -> Progress {
         let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(total);
             if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -60,7 +60,7 @@ impl Progress {
         }
     }
 
-    fn set(&mut self, done: u64, total: u64) {
+    pub fn set(&mut self, done: u64, total: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(done);
         } else if self.enabled && self.last_line.elapsed() >= Duration::from_secs(2) {
@@ -69,7 +69,7 @@ impl Progress {
         }
     }
 
-    fn finish(&self, done: u64) {
+    pub fn finish(&self, done: u64) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
@@ -96,7 +96,7 @@ pub fn verify_dir(data_dir: &Path, progress: bool) -> Result<VerifyReport, Event
     let (_lock, h) = open_existing(data_dir)?;
     let head = h.head_seq()?;
     let mut p = Progress::new(progress, "verify", head);
-    let report = h.verify_from(1, |n| p.set(n, head));
+    let report = h.verify_from(1, true, |n| p.set(n, head));
     p.finish(report.events);
     Ok(report)
 }

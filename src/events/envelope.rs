@@ -160,7 +160,6 @@ impl Envelope {
     /// The canonical bytes of a freshly built envelope, encoded from its fields: the
     /// reference for the stored-bytes view in `raw.rs`, which is what the writer and
     /// verification hash. See the module docs.
-    #[cfg(test)]
     pub(crate) fn canonical_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
         // Keys in sorted order: actor, client_ip, id, payload, prev_hash, request_id, seq,
@@ -224,8 +223,9 @@ impl Envelope {
     }
 
     /// One line of an export: the stored form, or for an event with redacted fields the
-    /// shown form plus `"redacted": ["payload.<field>", ...]` (its `hash` can then be
-    /// checked only as a link, and recomputed on the server with `inferno audit verify`).
+    /// shown form plus `"redacted": ["payload.<field>", ...]` and its Merkle `leaf_hash`
+    /// (its `hash` and leaf can then be checked only as a link, and recomputed on the
+    /// server with `inferno audit verify`).
     pub fn export_line(&self) -> Vec<u8> {
         let fields = self.redacted_fields();
         let mut out = self.shown().to_stored_bytes();
@@ -238,7 +238,13 @@ impl Envelope {
                 }
                 write_str(&mut out, &format!("payload.{f}"));
             }
-            out.extend_from_slice(b"]}");
+            // The Merkle leaf cannot be recomputed without the redacted fields: it is
+            // shown, as the hash is (`inferno audit verify-export` trusts both for such
+            // lines and counts them).
+            out.extend_from_slice(b"],\"leaf_hash\":\"");
+            let leaf = super::merkle::leaf_hash(&self.canonical_bytes());
+            out.extend_from_slice(hex::encode(leaf.0).as_bytes());
+            out.extend_from_slice(b"\"}");
         }
         out
     }

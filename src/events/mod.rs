@@ -16,6 +16,8 @@
 //! | `query.rs` | filtered, paged reads over the log and its type/actor indexes |
 //! | `store.rs` | [`EventStore`]: fjall keyspaces, reads, queries, the handle appends go through |
 //! | `writer.rs` | the single writer: group commit + fsync, hashing over the stored bytes |
+//! | `merkle.rs` | the RFC 6962 Merkle tree beside the chain: tiles in fjall, the writer's right edge, proofs |
+//! | `transparency.rs` | roots and proofs of the stored tree, building it for an old log |
 //! | `verify.rs` | chain verification over the stored bytes, [`VerifyReport`] |
 //! | `fold.rs` | folding the log into projections (start-up catch-up, replay) |
 //! | `cache.rs` | decoded projection records, invalidated by the writer after each commit |
@@ -29,12 +31,14 @@ mod cache;
 mod envelope;
 mod error;
 mod fold;
+pub mod merkle;
 pub mod migrate;
 pub mod projections;
 mod query;
 mod raw;
 mod side;
 mod store;
+mod transparency;
 mod types;
 mod verify;
 mod writer;
@@ -44,6 +48,7 @@ pub use envelope::{
 };
 pub use error::EventError;
 pub use projections::{default_projections, Projection, ProjectionTx};
+pub(crate) use raw::RawEnvelope;
 pub use store::{EventPage, EventQuery, EventStore, ExportedEvent, SideWrite, StoreOptions};
 pub use types::*;
 pub use verify::VerifyReport;

@@ -76,6 +76,10 @@ pub struct StoreOptions {
     /// Open even when the last events do not verify, read-only: appends are refused, reads
     /// (inspection, export) work.
     pub allow_broken_tail: bool,
+    /// Do not maintain the Merkle tree (for benchmarks that measure its cost; a store
+    /// opened so leaves the tree behind, and the next normal open catches it up).
+    #[doc(hidden)]
+    pub without_tree: bool,
 }
 
 /// A filter over the log. Bounds are exclusive seqs; `limit` is clamped to 1..=1000.
@@ -167,6 +171,8 @@ pub(crate) struct Handles {
     pub meta: Keyspace,
     pub by_type: Keyspace,
     pub by_actor: Keyspace,
+    /// Merkle tree tiles (`merkle.rs`).
+    pub merkle: Keyspace,
     pub generation: u64,
     /// Logical projection keyspace name → physical keyspace of the current generation.
     pub projection_ks: HashMap<String, Keyspace>,
@@ -236,6 +242,7 @@ impl Handles {
             events: ks(KS_EVENTS)?,
             by_type: ks(KS_BY_TYPE)?,
             by_actor: ks(KS_BY_ACTOR)?,
+            merkle: ks(super::merkle::KS_MERKLE)?,
             meta,
             generation,
             projection_ks,
@@ -246,7 +253,13 @@ impl Handles {
 
     /// Writes every memtable to disk tables (clean shutdown: start-up then skips journal replay).
     pub(crate) fn flush_all(&self) -> Result<(), EventError> {
-        let fixed = [&self.events, &self.by_type, &self.by_actor, &self.meta];
+        let fixed = [
+            &self.events,
+            &self.by_type,
+            &self.by_actor,
+            &self.merkle,
+            &self.meta,
+        ];
         for ks in fixed.into_iter().chain(self.projection_ks.values()) {
             ks.rotate_memtable_and_wait()?;
         }
@@ -386,7 +399,7 @@ impl EventStore {
         // a broken chain at its seq.
         let last_seq = h.head_seq()?;
         let tail_from = last_seq.saturating_sub(TAIL_VERIFY_EVENTS - 1).max(1);
-        let tail = h.verify_from(tail_from, |_| {});
+        let tail = h.verify_from(tail_from, false, |_| {});
         if let Some(seq) = tail.first_bad_seq {
             if !opts.allow_broken_tail {
                 return Err(EventError::BrokenChain {
@@ -428,6 +441,12 @@ impl EventStore {
             tracing::info!(events = n, "caught projections up with the log");
         }
 
+        let tree = match (opts.without_tree, read_only) {
+            (true, _) => None,
+            // A broken chain is only inspected: the tree is read as it is.
+            (false, Some(_)) => Some(super::merkle::TreeEdge::load(&h.merkle)?),
+            (false, None) => Some(super::transparency::catch_up_tree(&h, head_seq)?),
+        };
         let handles: SharedHandles = Arc::new(RwLock::new(Some(Arc::new(h))));
         let head = Arc::new(RwLock::new((head_seq, head_hash.clone())));
         let (tx, rx) = mpsc::channel(8192);
@@ -444,6 +463,7 @@ impl EventStore {
             hash: head_hash,
             last_ts: head_ts,
             needs_reopen: false,
+            tree,
         };
         std::thread::Builder::new()
             .name("inferno-event-writer".into())
@@ -605,7 +625,7 @@ impl EventStore {
     /// Recomputes the whole chain. Blocking: call from `spawn_blocking`.
     pub fn verify(&self) -> VerifyReport {
         match self.handles() {
-            Ok(h) => h.verify_from(1, |_| {}),
+            Ok(h) => h.verify_from(1, true, |_| {}),
             Err(_) => {
                 let (head_seq, head_hash) = self.head();
                 VerifyReport {

@@ -444,6 +444,19 @@ events! {
     QueuePaused => "queue.paused" @ 1 { pub reason: Option<String>, }
     QueueResumed => "queue.resumed" @ 1 {}
 
+    // ---- audit transparency ----
+    /// A signed checkpoint of the Merkle tree over the first `tree_size` events (this event
+    /// comes after them). `note` is the whole C2SP signed note, as
+    /// `GET /api/v1/audit/checkpoint` serves it.
+    AuditCheckpoint => "audit.checkpoint" @ 1 {
+        pub tree_size: u64,
+        /// Lowercase hex of the RFC 6962 root hash.
+        pub root_hash: String,
+        /// The signing key's note key id (8 hex digits).
+        pub key_id: String,
+        pub note: String,
+    }
+
     // ---- jobs / inference ----
     /// Version 2 records `params` as a [`SamplingRecord`] (v1: float fields, plain stop
     /// strings).

@@ -3,6 +3,7 @@
 
 use super::envelope::GENESIS_HASH;
 use super::error::EventError;
+use super::merkle::{leaf_hash, tile_key, Hash, MemoryTree, Tree};
 use super::raw::RawEnvelope;
 use super::store::{key_seq, seq_key, Handles};
 
@@ -26,7 +27,14 @@ impl Handles {
     /// Verifies the chain from `from_seq` to the head. When `from_seq > 1` the first
     /// event's `prev_hash` is trusted (used for the start-up tail check). Large logs are
     /// checked in two halves on two threads; the link between the halves is checked too.
-    pub(crate) fn verify_from(&self, from_seq: u64, mut progress: impl FnMut(u64)) -> VerifyReport {
+    /// With `tree` (and `from_seq == 1`) the Merkle tree is checked against the events'
+    /// leaves too.
+    pub(crate) fn verify_from(
+        &self,
+        from_seq: u64,
+        tree: bool,
+        mut progress: impl FnMut(u64),
+    ) -> VerifyReport {
         // A corrupt newest event must still be checked (and reported), so the range comes
         // from the last key, not from decoding the last event.
         let head_seq = self.head_seq().unwrap_or(0);
@@ -44,16 +52,39 @@ impl Handles {
             return report;
         }
         let prev = (from_seq == 1).then(|| GENESIS_HASH.to_string());
+        // A full verification also checks the Merkle tree against the events' leaves.
+        let full = tree && from_seq == 1;
+        let (mut la, mut lb) = (Vec::new(), Vec::new());
         let (a, b) = if head_seq - from_seq < 50_000 {
             (
-                self.verify_range(from_seq, head_seq, prev, &mut progress),
+                self.verify_range(
+                    from_seq,
+                    head_seq,
+                    prev,
+                    &mut progress,
+                    full.then_some(&mut la),
+                ),
                 None,
             )
         } else {
             let mid = from_seq + (head_seq - from_seq) / 2;
             std::thread::scope(|s| {
-                let second = s.spawn(|| self.verify_range(mid + 1, head_seq, None, &mut |_| {}));
-                let first = self.verify_range(from_seq, mid, prev, &mut |n| progress(n * 2));
+                let second = s.spawn(|| {
+                    self.verify_range(
+                        mid + 1,
+                        head_seq,
+                        None,
+                        &mut |_| {},
+                        full.then_some(&mut lb),
+                    )
+                });
+                let first = self.verify_range(
+                    from_seq,
+                    mid,
+                    prev,
+                    &mut |n| progress(n * 2),
+                    full.then_some(&mut la),
+                );
                 let second = second.join().unwrap_or(RangeCheck {
                     checked: 0,
                     first_bad: Some((mid + 1, "unreadable")),
@@ -74,6 +105,10 @@ impl Handles {
                 Some((from_seq + a.checked, "broken link"))
             };
         }
+        if full && first_bad.is_none() {
+            la.append(&mut lb);
+            first_bad = self.check_tree(&la);
+        }
         report.first_bad_seq = first_bad.map(|(seq, _)| seq);
         report.first_bad_reason = first_bad.map(|(_, why)| why.to_string());
         progress(report.events);
@@ -89,6 +124,7 @@ impl Handles {
         to: u64,
         prev: Option<String>,
         progress: &mut dyn FnMut(u64),
+        mut leaves: Option<&mut Vec<Hash>>,
     ) -> RangeCheck {
         let mut out = RangeCheck {
             checked: 0,
@@ -120,6 +156,10 @@ impl Handles {
                 } else if !raw.hash_matches(&mut buf) {
                     Err("hash mismatch")
                 } else {
+                    // `hash_matches` left the canonical bytes in `buf`.
+                    if let Some(l) = leaves.as_deref_mut() {
+                        l.push(leaf_hash(&buf));
+                    }
                     Ok(())
                 };
                 let p = prev.get_or_insert_with(Vec::new);
@@ -143,6 +183,31 @@ impl Handles {
         }
         out.last_hash = prev.map(|p| String::from_utf8_lossy(&p).into_owned());
         out
+    }
+}
+
+impl Handles {
+    /// Compares the stored tree with the events' leaves (in seq order, from 1): every
+    /// level-0 tile entry, then the root its upper levels give.
+    fn check_tree(&self, leaves: &[Hash]) -> Option<(u64, &'static str)> {
+        for (i, chunk) in leaves.chunks(256).enumerate() {
+            let first = i as u64 * 256 + 1;
+            let Ok(Some(tile)) = self.merkle.get(tile_key(0, i as u64)) else {
+                return Some((first, "tree leaf mismatch"));
+            };
+            for (j, leaf) in chunk.iter().enumerate() {
+                if tile.get(j * 32..(j + 1) * 32) != Some(&leaf.0[..]) {
+                    return Some((first + j as u64, "tree leaf mismatch"));
+                }
+            }
+        }
+        let n = leaves.len() as u64;
+        let mut tree = MemoryTree::default();
+        leaves.iter().for_each(|l| tree.push(*l));
+        match Tree::new(&self.merkle, n).root(n) {
+            Ok(root) if root == tree.root() => None,
+            _ => Some((n, "tree root mismatch")),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::cache::RecordCache;
 use super::envelope::{Envelope, EventContext, GENESIS_HASH};
 use super::error::EventError;
+use super::merkle::{self, TreeEdge};
 use super::projections::{Projection, ProjectionTx};
 use super::raw::RawEnvelope;
 use super::store::{
@@ -25,7 +26,12 @@ use super::types::Event;
 /// hash, and the hash is then filled in. An event whose encoding verification would refuse
 /// (nesting deeper than it reads) is refused here instead, so the log never holds an event
 /// that does not verify.
-fn seal(mut env: Envelope, buf: &mut Vec<u8>) -> Result<(Envelope, Vec<u8>), EventError> {
+///
+/// Also returns the event's Merkle leaf hash, over the canonical bytes the chain hashed.
+fn seal(
+    mut env: Envelope,
+    buf: &mut Vec<u8>,
+) -> Result<(Envelope, Vec<u8>, merkle::Hash), EventError> {
     env.hash = GENESIS_HASH.to_string();
     let mut bytes = env.to_stored_bytes();
     let hash = RawEnvelope::parse(&bytes)
@@ -40,7 +46,7 @@ fn seal(mut env: Envelope, buf: &mut Vec<u8>) -> Result<(Envelope, Vec<u8>), Eve
     let end = bytes.len() - 2;
     bytes[end - 64..end].copy_from_slice(&hash);
     env.hash = String::from_utf8_lossy(&hash).into_owned();
-    Ok((env, bytes))
+    Ok((env, bytes, merkle::leaf_hash(buf)))
 }
 
 pub(super) struct AppendRequest {
@@ -69,6 +75,9 @@ pub(super) struct Writer {
     pub(super) hash: String,
     pub(super) last_ts: Option<DateTime<Utc>>,
     pub(super) needs_reopen: bool,
+    /// The Merkle tree's right edge; `None` when the store was opened without the tree
+    /// (benchmarks only).
+    pub(super) tree: Option<TreeEdge>,
 }
 
 impl Writer {
@@ -130,6 +139,9 @@ impl Writer {
         self.seq = seq;
         self.hash = hash.clone();
         self.last_ts = ts;
+        if self.tree.is_some() {
+            self.tree = Some(TreeEdge::load(&h.merkle)?);
+        }
         if let Ok(mut head) = self.head.write() {
             *head = (seq, hash);
         }
@@ -161,6 +173,7 @@ impl Writer {
             }
         };
         let (start_seq, start_hash, start_ts) = (self.seq, self.hash.clone(), self.last_ts);
+        let start_tree = self.tree.clone();
         let mut tx = ProjectionTx::new(&h.projection_ks);
         let mut accepted: Vec<(oneshot::Sender<_>, Vec<Envelope>)> = Vec::new();
         let mut batch = h.db.batch().durability(Some(PersistMode::SyncAll));
@@ -175,6 +188,7 @@ impl Writer {
                 .iter()
                 .try_for_each(|w| h.side(&w.keyspace).map(|ks| side.push(ks)));
             let mut stored = Vec::with_capacity(req.events.len());
+            let mut leaves = Vec::with_capacity(req.events.len());
             for event in &req.events {
                 if result.is_err() {
                     break;
@@ -192,7 +206,7 @@ impl Writer {
                     prev_hash: std::mem::take(&mut self.hash),
                     hash: String::new(),
                 };
-                let (env, bytes) = match seal(env, &mut buf) {
+                let (env, bytes, leaf) = match seal(env, &mut buf) {
                     Ok(sealed) => sealed,
                     Err(e) => {
                         result = Err(e);
@@ -209,6 +223,7 @@ impl Writer {
                 }
                 envs.push(env);
                 stored.push(bytes);
+                leaves.push(leaf);
                 if result.is_err() {
                     break;
                 }
@@ -216,6 +231,9 @@ impl Writer {
             match result {
                 Ok(()) => {
                     tx.commit_request();
+                    if let Some(tree) = &mut self.tree {
+                        leaves.into_iter().for_each(|leaf| tree.push(leaf));
+                    }
                     for (env, bytes) in envs.iter().zip(stored) {
                         batch.insert(&h.events, seq_key(env.seq), bytes);
                         batch.insert(&h.by_type, index_key(&env.r#type, env.seq), b"".to_vec());
@@ -243,6 +261,11 @@ impl Writer {
             return;
         }
         let written = tx.drain_into(&mut batch);
+        if let Some(tree) = &mut self.tree {
+            for (key, tile) in tree.take_writes() {
+                batch.insert(&h.merkle, key, tile);
+            }
+        }
         for p in &self.projections {
             batch.insert(
                 &h.meta,
@@ -275,6 +298,7 @@ impl Writer {
                 self.seq = start_seq;
                 self.hash = start_hash;
                 self.last_ts = start_ts;
+                self.tree = start_tree;
                 self.needs_reopen = true;
                 let msg = format!("event log commit failed: {e}");
                 for (reply, _) in accepted {

@@ -2,6 +2,7 @@
 //! with a temporary data dir.
 #![allow(dead_code)]
 
+pub mod rfc6962;
 pub mod sse;
 
 use std::path::PathBuf;
