@@ -7,6 +7,10 @@
 //! With `EVENTS_BENCH_DIR=/some/dir` the log is kept there instead; when it already holds
 //! at least N events the append phases are skipped (to time verify/open/replay again).
 
+// The server's allocator, so the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use inferno::events::admin;
 use inferno::events::*;
 use inferno::inference::SamplingParams;

@@ -65,17 +65,25 @@ impl Checkpointer {
         every: u64,
         period: Duration,
     ) -> anyhow::Result<Checkpointer> {
-        let last = store
-            .query(&EventQuery {
-                types: vec!["audit.checkpoint".into()],
-                limit: 1,
-                newest_first: true,
-                ..EventQuery::default()
-            })
-            .context("reading the last checkpoint")?
-            .events
-            .first()
-            .and_then(SignedCheckpoint::from_envelope);
+        let last = store.query(&EventQuery {
+            types: vec!["audit.checkpoint".into()],
+            limit: 1,
+            newest_first: true,
+            ..EventQuery::default()
+        });
+        let last = match last {
+            Ok(page) => page
+                .events
+                .first()
+                .and_then(SignedCheckpoint::from_envelope),
+            // A log opened read-only on a broken chain may not even decode its last
+            // checkpoint; nothing is signed for it anyway.
+            Err(e) if store.is_read_only() => {
+                tracing::warn!(error = %e, "reading the last checkpoint");
+                None
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("reading the last checkpoint")),
+        };
         Ok(Checkpointer {
             store,
             signer,

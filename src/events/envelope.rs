@@ -314,7 +314,7 @@ pub fn format_ts(ts: &DateTime<Utc>) -> String {
 
 /// Appends `format_ts(ts)` to `out`, without chrono's format machinery for the usual
 /// years 0..=9999 (chrono formats the rest).
-fn write_ts(out: &mut Vec<u8>, ts: &DateTime<Utc>) {
+pub(crate) fn write_ts(out: &mut Vec<u8>, ts: &DateTime<Utc>) {
     use chrono::{Datelike, Timelike};
     let year = ts.year();
     let nanos = ts.nanosecond();
@@ -362,7 +362,7 @@ mod ts_format {
 }
 
 /// Decimal digits of `v`, written at the end of `buf`.
-fn itoa_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(crate) fn itoa_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -374,14 +374,14 @@ fn itoa_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
-fn write_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+pub(crate) fn write_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         Some(s) => write_str(out, s),
         None => out.extend_from_slice(b"null"),
     }
 }
 
-fn write_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     // serde_json's string escaping is exactly the minimal escaping documented above.
     // Writing into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);

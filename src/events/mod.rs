@@ -15,6 +15,7 @@
 //! | `raw.rs` | zero-copy view of stored envelopes for verify, replay and reads (same results as the full decode) |
 //! | `query.rs` | filtered, paged reads over the log and its type/actor indexes |
 //! | `store.rs` | [`EventStore`]: fjall keyspaces, reads, queries, the handle appends go through |
+//! | `seal.rs` | encoding events: the payload off the writer, seq/id/ts/hashes on it |
 //! | `writer.rs` | the single writer: group commit + fsync, hashing over the stored bytes |
 //! | `merkle.rs` | the RFC 6962 Merkle tree beside the chain: tiles in fjall, the writer's right edge, proofs |
 //! | `transparency.rs` | roots and proofs of the stored tree, building it for an old log |
@@ -36,6 +37,7 @@ pub mod migrate;
 pub mod projections;
 mod query;
 mod raw;
+mod seal;
 mod side;
 mod store;
 mod transparency;

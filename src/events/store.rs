@@ -523,9 +523,12 @@ impl EventStore {
                 "at most {MAX_GROUP_EVENTS} events per append"
             )));
         }
+        // Encoded here, in the appender's task, so the single writer does only what the
+        // chain forces on it (`seal.rs`).
+        let events = super::seal::prepare(events)?;
         let (reply, rx) = oneshot::channel();
         let msg = WriterMsg::Append(AppendRequest {
-            ctx: ctx.clone(),
+            ctx: super::seal::PreparedCtx::new(ctx),
             events,
             side,
             reply,

@@ -10,48 +10,20 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::cache::RecordCache;
-use super::envelope::{Envelope, EventContext, GENESIS_HASH};
+use super::envelope::Envelope;
 use super::error::EventError;
-use super::merkle::{self, TreeEdge};
+use super::merkle::TreeEdge;
 use super::projections::{Projection, ProjectionTx};
-use super::raw::RawEnvelope;
+use super::seal::{Prepared, PreparedCtx};
 use super::store::{
     checkpoint_key, index_key, seq_key, to_unavailable, Handles, SharedHandles, SideWrite,
     MAX_GROUP_EVENTS,
 };
-use super::types::Event;
-
-/// Encodes `env` as it will be stored and hashes it over those very bytes, the way
-/// verification will (see `raw.rs`): the stored form is written once, with a placeholder
-/// hash, and the hash is then filled in. An event whose encoding verification would refuse
-/// (nesting deeper than it reads) is refused here instead, so the log never holds an event
-/// that does not verify.
-///
-/// Also returns the event's Merkle leaf hash, over the canonical bytes the chain hashed.
-fn seal(
-    mut env: Envelope,
-    buf: &mut Vec<u8>,
-) -> Result<(Envelope, Vec<u8>, merkle::Hash), EventError> {
-    env.hash = GENESIS_HASH.to_string();
-    let mut bytes = env.to_stored_bytes();
-    let hash = RawEnvelope::parse(&bytes)
-        .map(|raw| raw.hash(buf))
-        .ok_or_else(|| {
-            EventError::Invalid(format!(
-                "a {} event cannot be stored in canonical form",
-                env.r#type
-            ))
-        })?;
-    // The stored form ends with `"hash":"<64 hex>"}`.
-    let end = bytes.len() - 2;
-    bytes[end - 64..end].copy_from_slice(&hash);
-    env.hash = String::from_utf8_lossy(&hash).into_owned();
-    Ok((env, bytes, merkle::leaf_hash(buf)))
-}
 
 pub(super) struct AppendRequest {
-    pub(super) ctx: EventContext,
-    pub(super) events: Vec<Event>,
+    pub(super) ctx: PreparedCtx,
+    /// Encoded by the appender (`seal.rs`); the writer only places them in the chain.
+    pub(super) events: Vec<Prepared>,
     /// Side keyspace writes committed in the same batch as the events.
     pub(super) side: Vec<SideWrite>,
     pub(super) reply: oneshot::Sender<Result<Vec<Envelope>, EventError>>,
@@ -189,44 +161,33 @@ impl Writer {
                 .try_for_each(|w| h.side(&w.keyspace).map(|ks| side.push(ks)));
             let mut stored = Vec::with_capacity(req.events.len());
             let mut leaves = Vec::with_capacity(req.events.len());
-            for event in &req.events {
+            for p in req.events {
                 if result.is_err() {
                     break;
                 }
-                let env = Envelope {
-                    seq: self.seq + 1,
-                    id: Uuid::now_v7(),
-                    ts: self.next_ts(),
-                    r#type: event.event_type().to_string(),
-                    version: event.event_version(),
-                    actor: req.ctx.actor.clone(),
-                    request_id: req.ctx.request_id.clone(),
-                    client_ip: req.ctx.client_ip.clone(),
-                    payload: event.payload_json(),
-                    prev_hash: std::mem::take(&mut self.hash),
-                    hash: String::new(),
-                };
-                let (env, bytes, leaf) = match seal(env, &mut buf) {
-                    Ok(sealed) => sealed,
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                };
-                self.seq = env.seq;
-                self.hash = env.hash.clone();
-                for p in &self.projections {
-                    if let Err(e) = tx.apply(p.as_ref(), &env, event) {
+                let (seq, id, ts) = (self.seq + 1, Uuid::now_v7(), self.next_ts());
+                let sealed = p.seal(&req.ctx, seq, id, &ts, self.hash.as_bytes(), &mut buf);
+                let env = Prepared::envelope(
+                    p.payload,
+                    &p.event,
+                    &req.ctx,
+                    seq,
+                    id,
+                    ts,
+                    std::mem::take(&mut self.hash),
+                    &sealed.hash,
+                );
+                self.seq = seq;
+                self.hash.clone_from(&env.hash);
+                for proj in &self.projections {
+                    if let Err(e) = tx.apply(proj.as_ref(), &env, &p.event) {
                         result = Err(e);
                         break;
                     }
                 }
                 envs.push(env);
-                stored.push(bytes);
-                leaves.push(leaf);
-                if result.is_err() {
-                    break;
-                }
+                stored.push(sealed.stored);
+                leaves.push(sealed.leaf);
             }
             match result {
                 Ok(()) => {
