@@ -1,5 +1,7 @@
-//! Event log benchmark: durable append throughput and latency (1 and 64 appenders),
-//! verify throughput, full replay time and start-up time with N events in the log.
+//! Event log benchmark: durable append throughput and latency (1 and 64 appenders), the
+//! Merkle tree's cost (tree on vs off, side by side, alternating), verify throughput,
+//! inclusion and consistency proof latency, `verify-export` throughput, full replay time
+//! and start-up time with N events in the log.
 //!
 //! `cargo run --example events_bench -- [N]` (N defaults to 1_000_000). Uses a temp dir
 //! next to the system temp; numbers depend on the disk's fsync latency.
@@ -119,7 +121,95 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if store.head().0 < n {
         append_phases(&store, n).await;
     }
+    tree_cost().await?;
+    proofs_and_export(&store)?;
     verify_open_replay(store, &dir).await
+}
+
+/// Durable single-event appends with 64 appenders into fresh logs, with and without the
+/// tree, alternating, three rounds each.
+async fn tree_cost() -> Result<(), Box<dyn std::error::Error>> {
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    for _round in 0..3 {
+        for without_tree in [false, true] {
+            let dir = tempfile::tempdir()?;
+            let store = EventStore::open(
+                dir.path(),
+                default_projections(),
+                StoreOptions {
+                    without_tree,
+                    ..StoreOptions::default()
+                },
+            )?;
+            let (rate, _) = run_single_event_appends(&store, 64, 500).await;
+            store.shutdown().await;
+            if without_tree {
+                off.push(rate)
+            } else {
+                on.push(rate)
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (a, b) = (median(&mut on), median(&mut off));
+    println!(
+        "tree on vs off, 64 appenders:  {a:>10.0} vs {b:.0} events/s  (ratio {:.3}; rounds on {on:.0?} off {off:.0?})",
+        a / b
+    );
+    Ok(())
+}
+
+fn pcts(mut v: Vec<Duration>) -> String {
+    v.sort_unstable();
+    format!("p50 {:?}  p99 {:?}", pct(&v, 0.5), pct(&v, 0.99))
+}
+
+/// Proof latency over the whole log and `verify-export` of all of it.
+fn proofs_and_export(store: &EventStore) -> Result<(), Box<dyn std::error::Error>> {
+    let n = store.tree_size();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |m: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        1 + x % m
+    };
+    let (mut inc, mut con) = (Vec::new(), Vec::new());
+    for _ in 0..10_000 {
+        let seq = next(n);
+        let t = Instant::now();
+        store.inclusion_proof(seq, n)?;
+        inc.push(t.elapsed());
+        let m = next(n);
+        let t = Instant::now();
+        store.consistency_proof(m, n)?;
+        con.push(t.elapsed());
+    }
+    println!("inclusion proof at {n}:  {}", pcts(inc));
+    println!("consistency proof to {n}: {}", pcts(con));
+
+    let mut data = Vec::new();
+    for e in store.export_after(0, usize::MAX)? {
+        data.extend_from_slice(&e.line);
+        data.push(b'\n');
+    }
+    let (skey, vkey) = inferno::audit::checkpoint::generate_key("inferno/bench")?;
+    let signer = inferno::audit::checkpoint::CheckpointSigner::from_private_key(&skey)?;
+    let note = signer.sign(n, store.tree_root(n)?)?;
+    let t = Instant::now();
+    let report = inferno::audit::verify_export::verify_export(&data, &note, &vkey, |_| {})?;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "verify-export:                 {:>10.0} events/s  ({} events, {} MB, in {secs:.2}s)",
+        report.events as f64 / secs,
+        report.events,
+        data.len() / 1_000_000
+    );
+    Ok(())
 }
 
 async fn append_phases(store: &EventStore, n: u64) {

@@ -554,3 +554,59 @@ async fn a_jobs_generated_tokens_reach_a_subscriber_in_order() {
     }
     assert!(!got.is_empty());
 }
+
+/// Every signed checkpoint reaches `INFERNO_CHECKPOINTS`, in order, the note as payload.
+#[tokio::test]
+async fn signed_checkpoints_are_copied_to_jetstream() {
+    let nats_dir = tempfile::tempdir().unwrap();
+    let nats = OwnNats::start(free_port(), nats_dir.path()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(&dir);
+    cfg.nats = Some(nats_config(&nats.url(), false));
+    let ts = common::start_config(cfg, dir).await;
+    let admin = ts.admin_token().await;
+    let note = |ts: &TestServer, admin: String| {
+        let (client, url) = (ts.client.clone(), ts.at("/api/v1/audit/checkpoint"));
+        async move {
+            let r = client.get(url).bearer_auth(admin).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+    let first = note(&ts, admin.clone()).await;
+    create_key(&ts, &admin, "one").await;
+    let second = note(&ts, admin.clone()).await;
+    assert_ne!(first, second);
+
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url().as_str()).await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut stream = loop {
+        if let Ok(mut s) = js.get_stream(inferno::nats::CHECKPOINT_STREAM).await {
+            if s.info().await.unwrap().state.messages >= 2 {
+                break s;
+            }
+        }
+        assert!(Instant::now() < deadline, "two checkpoints in JetStream");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let copies: Vec<(String, String)> = {
+        let mut v = Vec::new();
+        for seq in 1..=2 {
+            let m = stream.get_raw_message(seq).await.unwrap();
+            assert_eq!(m.subject.as_str(), inferno::nats::CHECKPOINT_SUBJECT);
+            let size = m
+                .headers
+                .get("Inferno-Tree-Size")
+                .unwrap()
+                .as_str()
+                .to_string();
+            v.push((String::from_utf8(m.payload.to_vec()).unwrap(), size));
+        }
+        v
+    };
+    assert_eq!(copies[0].0, first);
+    assert_eq!(copies[1].0, second);
+    assert_eq!(copies[0].1, first.lines().nth(1).unwrap());
+    let _ = stream.info().await.unwrap();
+    ts.stop().await;
+}

@@ -6,7 +6,9 @@
 //! - job lifecycle events (`job.queued`, `job.started`, `job.completed`, ...) to
 //!   `inferno.jobs.<job_id>.events`, followed from the committed log,
 //! - with `events = true`, every committed event of the log to the JetStream stream
-//!   `INFERNO_EVENTS` (`inferno.events.<type>`), exactly once and in order.
+//!   `INFERNO_EVENTS` (`inferno.events.<type>`), exactly once and in order,
+//! - every signed checkpoint of the log's Merkle tree to the JetStream stream
+//!   `INFERNO_CHECKPOINTS` (`inferno.audit.checkpoints`).
 //!
 //! NATS never stands in the way of serving: the client connects in the background with
 //! async-nats' own reconnect, publishing never blocks a request or generation, and while
@@ -20,8 +22,10 @@
 //! | `mod.rs` | the [`Nats`] handle, the connection and its state, [`NatsStatus`] |
 //! | `tokens.rs` | the bounded token channel and the task that drains it |
 //! | `lifecycle.rs` | follows the committed log, publishes job events to core NATS |
+//! | `checkpoints.rs` | follows the log's signed checkpoints into JetStream `INFERNO_CHECKPOINTS` |
 //! | `jetstream.rs` | follows the committed log into JetStream, with a cursor in fjall |
 
+mod checkpoints;
 mod jetstream;
 mod lifecycle;
 mod tokens;
@@ -38,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::NatsConfig;
 use crate::events::EventStore;
 
+pub use checkpoints::{STREAM as CHECKPOINT_STREAM, SUBJECT as CHECKPOINT_SUBJECT};
 pub use jetstream::{CURSOR_KEY, CURSOR_KEYSPACE, STREAM, STREAM_SUBJECTS};
 
 /// Longest [`Nats::shutdown`] waits for the publishing tasks.
@@ -289,6 +294,13 @@ impl Nats {
                 client.clone(),
                 link.clone(),
                 lifecycle_counts.clone(),
+                stop.clone(),
+            )));
+            // Signed checkpoints always get a copy outside the machine.
+            tasks.push(tokio::spawn(checkpoints::follow(
+                store.clone(),
+                client.clone(),
+                link.clone(),
                 stop.clone(),
             )));
             if config.events {
