@@ -111,7 +111,7 @@ proptest! {
 
             // and the README's recipe recomputes every hash from the export
             let mut export = Vec::new();
-            admin::export(dir.path(), 0, &[], &mut export).unwrap();
+            admin::export(dir.path(), 0, &[], &mut export, false).unwrap();
             let (ok, out) = common::run_readme_recipe(&export);
             assert!(ok, "{out}");
             assert!(out.contains(&format!("{} events verify", values.len())), "{out}");
@@ -137,7 +137,7 @@ fn the_readme_recipe_refuses_a_changed_export() {
         store.shutdown().await;
         drop(store);
         let mut export = Vec::new();
-        admin::export(dir.path(), 0, &[], &mut export).unwrap();
+        admin::export(dir.path(), 0, &[], &mut export, false).unwrap();
         let text = String::from_utf8(export).unwrap();
         assert!(text.contains("27.074626000000002"), "{text}");
         assert!(common::run_readme_recipe(text.as_bytes()).0);

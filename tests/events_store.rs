@@ -301,7 +301,7 @@ async fn chain_recomputes_independently_from_the_export() {
 
     // When the log is exported as NDJSON
     let mut out = Vec::new();
-    let n = admin::export(dir.path(), 0, &[], &mut out).unwrap();
+    let n = admin::export(dir.path(), 0, &[], &mut out, false).unwrap();
 
     // Then every line re-verifies with an independent implementation of the documented rule
     let text = String::from_utf8(out).unwrap();
@@ -315,7 +315,14 @@ async fn chain_recomputes_independently_from_the_export() {
 
     // and a type-filtered export contains only those types
     let mut out = Vec::new();
-    let n = admin::export(dir.path(), 0, &["user.created".to_string()], &mut out).unwrap();
+    let n = admin::export(
+        dir.path(),
+        0,
+        &["user.created".to_string()],
+        &mut out,
+        false,
+    )
+    .unwrap();
     assert_eq!(n, 2);
     assert!(String::from_utf8(out)
         .unwrap()

@@ -120,6 +120,7 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                 after.unwrap_or(0),
                 &types,
                 &mut out,
+                progress,
             )?;
             out.flush()?;
             eprintln!("exported {n} events");

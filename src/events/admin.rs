@@ -110,12 +110,19 @@ pub fn export(
     after: u64,
     types: &[String],
     out: &mut dyn Write,
+    progress: bool,
 ) -> Result<u64, EventError> {
     let (_lock, h) = open_existing(data_dir)?;
+    let head = h.head_seq()?;
+    let mut p = Progress::new(progress, "export", head);
     let mut n = 0;
     for g in h.events.range(seq_key(after.saturating_add(1))..) {
         let (k, v) = g.into_inner()?;
-        let (event_type, line) = export_form(key_seq(&k)?, &v)?;
+        let seq = key_seq(&k)?;
+        if seq.is_multiple_of(65_536) {
+            p.set(seq, head);
+        }
+        let (event_type, line) = export_form(seq, &v)?;
         if !types.is_empty() && !types.iter().any(|x| *x == *event_type) {
             continue;
         }
@@ -124,6 +131,7 @@ pub fn export(
         n += 1;
     }
     out.flush()?;
+    p.finish(head);
     Ok(n)
 }
 
