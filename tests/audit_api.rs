@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::rfc6962::canonical;
+
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -20,37 +22,6 @@ async fn get(ts: &common::TestServer, token: &str, path: &str) -> Value {
         .unwrap();
     assert_eq!(r.status(), 200, "{path}");
     r.json().await.unwrap()
-}
-
-/// Sorted-key, whitespace-free JSON, written here from the README's rule.
-fn canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&serde_json::to_string(k).unwrap());
-                out.push(':');
-                canonical(&map[k.as_str()], out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                canonical(item, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&serde_json::to_string(other).unwrap()),
-    }
 }
 
 fn verify_offline(lines: &[Value]) -> Result<(), u64> {

@@ -356,13 +356,19 @@ fn stored_form(v: &Value) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The log's database opened directly, as anyone with write access to the data dir can.
+fn raw_keyspace(data: &Path, name: &str) -> (fjall::Database, fjall::Keyspace) {
+    let db = fjall::Database::builder(data.join("log")).open().unwrap();
+    let ks = db
+        .keyspace(name, fjall::KeyspaceCreateOptions::default)
+        .unwrap();
+    (db, ks)
+}
+
 /// What an attacker with write access to the data dir does: edits event `from` and
 /// recomputes the hash chain of it and every later event, so the chain verifies again.
 fn rewrite_history(data: &Path, from: u64, edit: impl Fn(&mut Value)) {
-    let db = fjall::Database::builder(data.join("log")).open().unwrap();
-    let events = db
-        .keyspace("events", fjall::KeyspaceCreateOptions::default)
-        .unwrap();
+    let (db, events) = raw_keyspace(data, "events");
     let mut prev: String = {
         let v: Value =
             serde_json::from_slice(&events.get((from - 1).to_be_bytes()).unwrap().unwrap())
@@ -391,10 +397,7 @@ fn rewrite_history(data: &Path, from: u64, edit: impl Fn(&mut Value)) {
 /// The attacker also drops the Merkle tree, which the server then builds again from the
 /// rewritten events: tree and chain agree, and only an outside checkpoint can tell.
 fn drop_tree(data: &Path) {
-    let db = fjall::Database::builder(data.join("log")).open().unwrap();
-    let merkle = db
-        .keyspace("merkle", fjall::KeyspaceCreateOptions::default)
-        .unwrap();
+    let (db, merkle) = raw_keyspace(data, "merkle");
     let keys: Vec<_> = merkle.iter().map(|g| g.key().unwrap().to_vec()).collect();
     for k in keys {
         merkle.remove(k).unwrap();

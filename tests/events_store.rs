@@ -1,6 +1,9 @@
 //! Event store integration tests: chain, concurrency, tamper detection, replay, upcasting,
 //! queries, restart, locking, layout versions and export. Given / when / then.
 
+mod common;
+
+use common::rfc6962::canonical;
 use inferno::events::admin;
 use inferno::events::projections::{api_keys, config, jobs, models, revoked_tokens, users};
 use inferno::events::*;
@@ -50,59 +53,6 @@ fn raw_db(dir: &Path) -> fjall::Database {
     fjall::Database::builder(dir.join("log"))
         .open()
         .expect("raw open")
-}
-
-/// Independent canonical JSON per the documented rule: sorted keys at every depth,
-/// compact, minimal string escaping, numbers as printed in the export.
-fn canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                escape(k, out);
-                out.push(':');
-                canonical(&m[*k], out);
-            }
-            out.push('}');
-        }
-        Value::Array(a) => {
-            out.push('[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                canonical(x, out);
-            }
-            out.push(']');
-        }
-        Value::String(s) => escape(s, out),
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&n.to_string()),
-    }
-}
-
-fn escape(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{8}' => out.push_str("\\b"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\u{c}' => out.push_str("\\f"),
-            '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// `hex(sha256(prev_hash || canonical(envelope without hash)))`, computed from the JSON.

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::{self, stream};
 use tokio_util::sync::CancellationToken;
 
 use super::Link;
@@ -53,33 +53,10 @@ pub(crate) async fn follow(
 
 /// The seq of the last checkpoint event the stream holds (0: none).
 async fn prepare(js: &jetstream::Context) -> Result<u64, String> {
-    let mut stream = js
-        .get_or_create_stream(stream::Config {
-            name: STREAM.into(),
-            subjects: vec![SUBJECT.into()],
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("JetStream stream {STREAM}: {e}"))?;
-    let state = stream
-        .info()
-        .await
-        .map_err(|e| format!("JetStream stream {STREAM} info: {e}"))?
-        .state
-        .clone();
-    if state.messages == 0 {
-        return Ok(0);
-    }
-    let msg = stream
-        .get_raw_message(state.last_sequence)
-        .await
-        .map_err(|e| format!("JetStream stream {STREAM} last message: {e}"))?;
-    Ok(msg
-        .headers
-        .get(async_nats::header::NATS_MESSAGE_ID)
-        .and_then(|v| v.as_str().parse::<u64>().ok())
+    let mut stream = super::jetstream::ensure_stream(js, STREAM, SUBJECT).await?;
+    Ok(super::jetstream::last_message_id(&mut stream)
+        .await?
+        .1
         .unwrap_or(0))
 }
 

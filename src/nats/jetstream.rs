@@ -179,24 +179,51 @@ pub(crate) async fn follow(
     cursor.write(&store, progress.acked(), true).await;
 }
 
-/// Makes sure the stream exists and returns the seq to resume after.
-async fn prepare(js: &jetstream::Context, store: &EventStore, acked: u64) -> Result<u64, String> {
-    let mut stream = js
-        .get_or_create_stream(stream::Config {
-            name: STREAM.into(),
-            subjects: vec![STREAM_SUBJECTS.into()],
-            storage: stream::StorageType::File,
-            duplicate_window: DUPLICATE_WINDOW,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("JetStream stream {STREAM}: {e}"))?;
+/// The stream `name` on `subjects` (file storage, a 2-minute duplicate window), created
+/// when missing.
+pub(crate) async fn ensure_stream(
+    js: &jetstream::Context,
+    name: &str,
+    subjects: &str,
+) -> Result<stream::Stream, String> {
+    js.get_or_create_stream(stream::Config {
+        name: name.into(),
+        subjects: vec![subjects.into()],
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("JetStream stream {name}: {e}"))
+}
+
+/// The stream's state, and the `Nats-Msg-Id` of its last message (a seq of the log).
+pub(crate) async fn last_message_id(
+    stream: &mut stream::Stream,
+) -> Result<(stream::State, Option<u64>), String> {
     let state = stream
         .info()
         .await
-        .map_err(|e| format!("JetStream stream {STREAM} info: {e}"))?
+        .map_err(|e| format!("JetStream stream info: {e}"))?
         .state
         .clone();
+    if state.messages == 0 {
+        return Ok((state, None));
+    }
+    let id = match stream.get_raw_message(state.last_sequence).await {
+        Ok(m) => m
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .and_then(|v| v.as_str().parse::<u64>().ok()),
+        Err(_) => None,
+    };
+    Ok((state, id))
+}
+
+/// Makes sure the stream exists and returns the seq to resume after.
+async fn prepare(js: &jetstream::Context, store: &EventStore, acked: u64) -> Result<u64, String> {
+    let mut stream = ensure_stream(js, STREAM, STREAM_SUBJECTS).await?;
+    let (state, last_id) = last_message_id(&mut stream).await?;
     if state.last_sequence == 0 {
         // A stream that never held a message gets the whole log.
         return Ok(0);
@@ -204,13 +231,6 @@ async fn prepare(js: &jetstream::Context, store: &EventStore, acked: u64) -> Res
     if state.messages == 0 {
         return Ok(acked);
     }
-    let last_id = match stream.get_raw_message(state.last_sequence).await {
-        Ok(m) => m
-            .headers
-            .get(async_nats::header::NATS_MESSAGE_ID)
-            .and_then(|v| v.as_str().parse::<u64>().ok()),
-        Err(_) => None,
-    };
     let head = store.head().0;
     match last_id {
         Some(id) if id <= head => Ok(id),

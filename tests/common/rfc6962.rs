@@ -7,19 +7,19 @@ use sha2::{Digest, Sha256};
 
 pub type H = [u8; 32];
 
-/// Canonical JSON as the hash rule defines it: sorted keys at every depth, no whitespace,
-/// minimal escapes (serde_json's string escaping is exactly that), numbers as they are.
+/// Independent canonical JSON per the documented rule: sorted keys at every depth,
+/// compact, minimal string escaping, numbers as printed in the export.
 pub fn canonical(v: &Value, out: &mut String) {
     match v {
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
+            keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
             out.push('{');
             for (i, k) in keys.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                out.push_str(&serde_json::to_string(k).unwrap());
+                escape(k, out);
                 out.push(':');
                 canonical(&m[*k], out);
             }
@@ -35,8 +35,29 @@ pub fn canonical(v: &Value, out: &mut String) {
             }
             out.push(']');
         }
-        other => out.push_str(&serde_json::to_string(other).unwrap()),
+        Value::String(s) => escape(s, out),
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&n.to_string()),
     }
+}
+
+pub fn escape(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{8}' => out.push_str("\\b"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\u{c}' => out.push_str("\\f"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// The canonical bytes of an exported line: the envelope without `hash`.
