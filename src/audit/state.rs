@@ -262,7 +262,7 @@ pub fn state_at<E>(
             break;
         }
         fold.apply(&env);
-        if env.seq % 4096 == 0 {
+        if env.seq.is_multiple_of(4096) {
             progress(env.seq);
         }
     }

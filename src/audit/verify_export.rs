@@ -225,7 +225,7 @@ pub fn verify_export(
         if wanted.contains_key(&tree.size()) {
             roots.insert(tree.size(), tree.root());
         }
-        if expected % 65_536 == 0 {
+        if expected.is_multiple_of(65_536) {
             progress(expected);
         }
     }

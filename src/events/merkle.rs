@@ -178,15 +178,16 @@ impl HashReader for TileHashes<'_> {
             .map(|&index| {
                 let tile = Tile::from_index(TILE_HEIGHT, index);
                 let key = (tile.level(), tile.level_index());
-                if !tiles.contains_key(&key) {
-                    let data = self
-                        .ks
-                        .get(tile_key(key.0, key.1))
-                        .map_err(|_| tlog_tiles::Error::InvalidTile)?
-                        .ok_or(tlog_tiles::Error::IndexesNotInTree)?;
-                    tiles.insert(key, data);
-                }
-                tile.hash_at_index(&tiles[&key], index)
+                let data = match tiles.entry(key) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                        self.ks
+                            .get(tile_key(key.0, key.1))
+                            .map_err(|_| tlog_tiles::Error::InvalidTile)?
+                            .ok_or(tlog_tiles::Error::IndexesNotInTree)?,
+                    ),
+                };
+                tile.hash_at_index(data, index)
             })
             .collect()
     }

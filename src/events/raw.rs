@@ -475,6 +475,16 @@ impl<'a> RawEnvelope<'a> {
     }
 }
 
+/// Whether `bytes` are one canonical JSON value, as verification reads a payload
+/// (compact, sorted keys, minimal escapes, nesting within what it reads).
+pub(crate) fn is_canonical_value(bytes: &[u8]) -> bool {
+    if std::str::from_utf8(bytes).is_err() {
+        return false;
+    }
+    let mut c = Cur { b: bytes, i: 0 };
+    c.value(0).is_some() && c.i == bytes.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,14 +588,4 @@ mod tests {
             assert!(canonical.contains(&payload), "{canonical}");
         }
     }
-}
-
-/// Whether `bytes` are one canonical JSON value, as verification reads a payload
-/// (compact, sorted keys, minimal escapes, nesting within what it reads).
-pub(crate) fn is_canonical_value(bytes: &[u8]) -> bool {
-    if std::str::from_utf8(bytes).is_err() {
-        return false;
-    }
-    let mut c = Cur { b: bytes, i: 0 };
-    c.value(0).is_some() && c.i == bytes.len()
 }

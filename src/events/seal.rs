@@ -84,6 +84,14 @@ pub(crate) fn prepare(events: Vec<Event>) -> Result<Vec<Prepared>, EventError> {
         .collect()
 }
 
+/// Where an event lands in the chain.
+pub(crate) struct Place {
+    pub(crate) seq: u64,
+    pub(crate) id: Uuid,
+    pub(crate) ts: DateTime<Utc>,
+    pub(crate) prev_hash: String,
+}
+
 /// A sealed event: its stored bytes, hash (hex) and Merkle leaf.
 pub(crate) struct Sealed {
     pub(crate) stored: Vec<u8>,
@@ -182,12 +190,15 @@ impl Prepared {
         payload: serde_json::Value,
         event: &Event,
         ctx: &PreparedCtx,
-        seq: u64,
-        id: Uuid,
-        ts: DateTime<Utc>,
-        prev_hash: String,
+        place: Place,
         hash: &[u8; 64],
     ) -> Envelope {
+        let Place {
+            seq,
+            id,
+            ts,
+            prev_hash,
+        } = place;
         Envelope {
             seq,
             id,
@@ -237,16 +248,13 @@ mod tests {
             let mut buf = Vec::new();
             assert_eq!(raw.hash(&mut buf), sealed.hash);
             assert_eq!(buf, canon);
-            let env = Prepared::envelope(
-                p.payload.clone(),
-                &p.event,
-                &pctx,
-                42,
+            let place = Place {
+                seq: 42,
                 id,
                 ts,
-                GENESIS_HASH.to_string(),
-                &sealed.hash,
-            );
+                prev_hash: GENESIS_HASH.to_string(),
+            };
+            let env = Prepared::envelope(p.payload.clone(), &p.event, &pctx, place, &sealed.hash);
             // Microseconds: what the store keeps.
             let mut env = env;
             env.ts = raw.to_envelope().unwrap().ts;

@@ -119,7 +119,7 @@ pub(crate) fn catch_up_tree(h: &Handles, head_seq: u64) -> Result<TreeEdge, Even
             None => buf = Envelope::from_stored_bytes(seq, &v)?.canonical_bytes(),
         }
         edge.push(leaf_hash(&buf));
-        if edge.size() % BUILD_BATCH == 0 {
+        if edge.size().is_multiple_of(BUILD_BATCH) {
             flush(&mut edge)?;
         }
     }

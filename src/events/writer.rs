@@ -14,7 +14,7 @@ use super::envelope::Envelope;
 use super::error::EventError;
 use super::merkle::TreeEdge;
 use super::projections::{Projection, ProjectionTx};
-use super::seal::{Prepared, PreparedCtx};
+use super::seal::{Place, Prepared, PreparedCtx};
 use super::store::{
     checkpoint_key, index_key, seq_key, to_unavailable, Handles, SharedHandles, SideWrite,
     MAX_GROUP_EVENTS,
@@ -167,16 +167,13 @@ impl Writer {
                 }
                 let (seq, id, ts) = (self.seq + 1, Uuid::now_v7(), self.next_ts());
                 let sealed = p.seal(&req.ctx, seq, id, &ts, self.hash.as_bytes(), &mut buf);
-                let env = Prepared::envelope(
-                    p.payload,
-                    &p.event,
-                    &req.ctx,
+                let place = Place {
                     seq,
                     id,
                     ts,
-                    std::mem::take(&mut self.hash),
-                    &sealed.hash,
-                );
+                    prev_hash: std::mem::take(&mut self.hash),
+                };
+                let env = Prepared::envelope(p.payload, &p.event, &req.ctx, place, &sealed.hash);
                 self.seq = seq;
                 self.hash.clone_from(&env.hash);
                 for proj in &self.projections {
