@@ -2,7 +2,7 @@
 # Installs what building and running Inferno needs, idempotently: the system packages for
 # llama.cpp (cmake, libclang), the test model (ops/fetch-model.sh), and with
 # INFERNO_SETUP_TESTS=1 (ops/test.sh) the venv with the official `openai` SDK that the /v1
-# tests drive ($HOME/.cache/inferno/sdk-venv).
+# tests drive ($HOME/.cache/inferno/sdk-venv) and promtool for the metrics tests.
 # Usage: ops/setup.sh [models-dir]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +29,29 @@ fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo (rustup) is required" >&2; exit 1; }
 
 ops/fetch-model.sh "${1:-models}"
+
+# promtool, for tests/metrics.rs (`promtool check metrics|rules|config`; only for the test
+# command). Debian ships it in the `prometheus` package, whose install would also create a
+# service and start the Prometheus server: only the promtool binary is extracted from the
+# package instead (no service, no user, no dependencies), into /usr/local/bin as root, else
+# $HOME/.cache/inferno/bin (where the tests look too).
+if [ "${INFERNO_SETUP_TESTS:-0}" = 1 ] && ! command -v promtool >/dev/null 2>&1 \
+   && [ ! -x "$HOME/.cache/inferno/bin/promtool" ]; then
+  echo "setup: extracting promtool from Debian's prometheus package"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  bin_dir=/usr/local/bin
+  [ "$(id -u)" -ne 0 ] && bin_dir="$HOME/.cache/inferno/bin"
+  mkdir -p "$bin_dir"
+  tmp="$(mktemp -d)"
+  chmod a+rwx "$tmp"   # apt downloads as the _apt user
+  $SUDO apt-get update -qq
+  (cd "$tmp" && apt-get download prometheus >/dev/null)
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
+  install -m 0755 "$tmp/root/usr/bin/promtool" "$bin_dir/promtool"
+  rm -rf "$tmp"
+  "$bin_dir/promtool" --version | head -1
+fi
 
 # The official OpenAI SDK, pinned, for tests/openai.rs (only for the test command).
 OPENAI_VERSION="3.57.0"

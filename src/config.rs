@@ -54,6 +54,7 @@ pub struct Config {
     pub nats: Option<NatsConfig>,
     pub logging: LoggingConfig,
     pub audit: AuditConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -344,6 +345,16 @@ impl Default for AuditConfig {
     }
 }
 
+/// `[metrics]`: Prometheus metrics. `GET /metrics` on the API address always needs the
+/// `read_metrics` permission; `public_bind` adds a listener that serves it without.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Also serve `GET /metrics` without authentication, over plain HTTP, on this address
+    /// (e.g. `127.0.0.1:9464`) for scrapers. Unset: no such listener.
+    pub public_bind: Option<String>,
+}
+
 /// Why a configuration could not be loaded; the message names the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -385,6 +396,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.bind_addr()?;
+        self.metrics_public_addr()?;
         if !matches!(self.logging.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(format!(
                 "logging.format must be \"text\" or \"json\", not {:?}",
@@ -463,6 +475,18 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// `[metrics] public_bind` as an address, when set.
+    pub fn metrics_public_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(bind) = &self.metrics.public_bind else {
+            return Ok(None);
+        };
+        bind.parse().map(Some).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "metrics.public_bind must be an address like 127.0.0.1:9464, not {bind:?}"
+            ))
+        })
     }
 
     pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {

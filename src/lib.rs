@@ -22,6 +22,8 @@
 //! - [`audit`]: audit queries over the log; redaction rules for log lines.
 //! - [`logging`]: tracing set-up with redaction on every line.
 //! - [`nats`]: token and job lifecycle publishing to NATS, the log's copy in JetStream.
+//! - [`metrics`]: Prometheus metric families, the process-wide recorder and the helpers
+//!   that record; served by `GET /metrics`.
 #![deny(unsafe_code)]
 
 pub mod api;
@@ -32,6 +34,7 @@ pub mod config;
 pub mod events;
 pub mod inference;
 pub mod logging;
+pub mod metrics;
 pub mod nats;
 pub mod paging;
 pub mod queue;

@@ -150,7 +150,10 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// `true` when serving HTTPS.
     pub tls: bool,
+    /// The bound address of `[metrics] public_bind`, when set.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: AppState,
+    public_metrics: Option<PublicMetrics>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<std::io::Result<()>>,
     workers: Option<WorkerHandle>,
@@ -176,6 +179,9 @@ impl RunningServer {
         // In-flight requests (synchronous inference waits on its job) finish first; then
         // the workers get the same grace time before running jobs are handed back.
         let served = self.handle.await;
+        if let Some(p) = self.public_metrics.take() {
+            p.stop().await;
+        }
         if let Some(w) = self.workers.take() {
             w.shutdown(self.grace).await;
         }
@@ -205,10 +211,56 @@ impl RunningServer {
     }
 }
 
+/// The unauthenticated `GET /metrics` listener of `[metrics] public_bind`.
+struct PublicMetrics {
+    shutdown: oneshot::Sender<()>,
+    handle: JoinHandle<std::io::Result<()>>,
+}
+
+impl PublicMetrics {
+    /// Binds `addr` (plain HTTP) and serves `/metrics` there until stopped.
+    async fn start(addr: SocketAddr, state: AppState) -> anyhow::Result<(Self, SocketAddr)> {
+        let tcp = TcpListener::bind(addr)
+            .into_acceptor()
+            .await
+            .with_context(|| format!("binding [metrics] public_bind {addr}"))?;
+        let bound = tcp
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .unwrap_or(addr);
+        let (shutdown, rx) = oneshot::channel::<()>();
+        let app = crate::api::public_metrics_app(state);
+        let handle = tokio::spawn(async move {
+            Server::new_with_acceptor(tcp)
+                .run_with_graceful_shutdown(
+                    app,
+                    async move {
+                        let _ = rx.await;
+                    },
+                    Some(Duration::from_secs(5)),
+                )
+                .await
+        });
+        tracing::info!(addr = %bound, "metrics served without authentication ([metrics] public_bind)");
+        Ok((Self { shutdown, handle }, bound))
+    }
+
+    async fn stop(self) {
+        let _ = self.shutdown.send(());
+        if let Ok(Err(e)) = self.handle.await {
+            tracing::warn!(error = %e, "the public metrics listener stopped with an error");
+        }
+    }
+}
+
 /// Opens the data dir, builds the state, binds and starts serving.
 pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<RunningServer> {
     install_crypto_provider();
+    // Before anything records: handles taken earlier would record nowhere.
+    crate::metrics::install();
     let addr = config.bind_addr()?;
+    let metrics_addr = config.metrics_public_addr()?;
     std::fs::create_dir_all(&config.storage.data_dir)
         .with_context(|| format!("creating data dir {}", config.storage.data_dir.display()))?;
     let data_dir = config.storage.data_dir.clone();
@@ -328,6 +380,14 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         None => (tcp.boxed(), false),
     };
 
+    let (public_metrics, metrics_addr) = match metrics_addr {
+        Some(a) => {
+            let (p, bound) = PublicMetrics::start(a, state.clone()).await?;
+            (Some(p), Some(bound))
+        }
+        None => (None, None),
+    };
+
     // Failed authentications reach the log in aggregate, once their window is over.
     let weak = Arc::downgrade(&state.inner);
     let every = state.auth().failure_flush_interval();
@@ -378,7 +438,9 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
     Ok(RunningServer {
         addr: bound,
         tls,
+        metrics_addr,
         state,
+        public_metrics,
         shutdown: Some(tx),
         handle,
         workers: Some(workers),

@@ -60,6 +60,7 @@ impl AuthApi {
         let ctx = event_context(req, None);
         let ip = ctx.client_ip.clone().unwrap_or_default();
         if let Some(retry) = state.limits().login_blocked(&ip, &body.username) {
+            crate::metrics::rate_limited(crate::metrics::RateLimit::Login);
             return Err(ApiError::rate_limited(retry));
         }
         let result = state

@@ -28,6 +28,8 @@ impl From<QueueError> for ApiError {
         match e {
             e @ QueueError::Full { .. } => ApiError::unavailable(e.to_string(), 2),
             e @ QueueError::OwnerCap { .. } => {
+                // Counted here, where the refusal becomes the client's 429.
+                crate::metrics::rate_limited(crate::metrics::RateLimit::QueueOwnerCap);
                 ApiError::rate_limited(5).with_message(format!("{e}; retry after 5 s"))
             }
             QueueError::NotFound(id) => ApiError::not_found(format!("job {id} not found")),

@@ -1,4 +1,5 @@
-//! Request-scoped middleware: request ids, the access log, and the streamed body limit.
+//! Request-scoped middleware: request ids, the access log with the HTTP metrics, and the
+//! streamed body limit.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -114,7 +115,14 @@ pub async fn observe<E: Endpoint>(ep: Arc<E>, mut req: Request) -> Result<Respon
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = start.elapsed();
+    crate::metrics::http_request(
+        super::routes::method_label(&method),
+        super::routes::templates().resolve(&path),
+        resp.status().as_u16(),
+        elapsed,
+    );
+    let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
     tracing::info!(
         target: "inferno::access",
         request_id = %request_id,

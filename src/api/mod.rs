@@ -11,12 +11,15 @@ mod health;
 mod inference;
 mod jobs;
 mod keys;
+mod metrics;
 pub mod middleware;
 mod models;
 pub(crate) mod openai;
 mod queue;
+pub mod routes;
 pub mod security;
 mod stream;
+mod summary;
 pub mod tls;
 mod transparency;
 mod users;
@@ -28,6 +31,7 @@ use poem_openapi::{OpenApiService, Tags};
 use crate::config::Config;
 use crate::server::AppState;
 use error::error_response;
+pub use metrics::public_app as public_metrics_app;
 use middleware::BodyLimits;
 
 /// The `limit` of a paged list route: 1 to 1000, default 100.
@@ -65,6 +69,8 @@ pub enum ApiTags {
     Queue,
     /// OpenAI-compatible routes (`/v1`) for the official SDKs; errors in OpenAI's shape.
     OpenAi,
+    /// Prometheus metrics and their JSON summary.
+    Metrics,
 }
 
 /// Every resource of the API, in one tuple.
@@ -80,6 +86,7 @@ pub type Apis = (
     jobs::JobsApi,
     queue::QueueApi,
     openai::OpenAiApi,
+    metrics::MetricsApi,
 );
 
 fn apis() -> Apis {
@@ -95,6 +102,7 @@ fn apis() -> Apis {
         jobs::JobsApi,
         queue::QueueApi,
         openai::OpenAiApi,
+        metrics::MetricsApi,
     )
 }
 

@@ -16,6 +16,7 @@ use super::error::{error_response, ApiError};
 use super::middleware::{access_info, client_ip, RequestId};
 use crate::auth::{AuthError, Credential, Granted, Perm, Principal};
 use crate::events::{Actor, EventContext, EventError};
+use crate::metrics::{self, Credential as CredentialLabel, RateLimit};
 use crate::ratelimit::RateStatus;
 use crate::server::AppState;
 
@@ -122,7 +123,10 @@ pub async fn authenticate<E: Endpoint>(ep: Arc<E>, mut req: Request) -> Result<R
     let cred = match credential(req.headers()) {
         Ok(Some(c)) => c,
         Ok(None) => return ep.call(req).await.map(IntoResponse::into_response),
-        Err(e) => return Ok(e.into_response()),
+        Err(e) => {
+            metrics::auth_failed(CredentialLabel::Header, "malformed");
+            return Ok(e.into_response());
+        }
     };
     let access = access_info(&req);
     let ip = access.ip();
@@ -137,6 +141,7 @@ pub async fn authenticate<E: Endpoint>(ep: Arc<E>, mut req: Request) -> Result<R
         {
             return Ok(ApiError::from(e).into_response());
         }
+        metrics::rate_limited(RateLimit::FailedAuth);
         return Ok(ApiError::rate_limited(retry).into_response());
     }
     let principal = match state.auth().authenticate_with(cred, ctx).await {
@@ -155,6 +160,7 @@ pub async fn authenticate<E: Endpoint>(ep: Arc<E>, mut req: Request) -> Result<R
     {
         Ok(s) => s,
         Err(limited) => {
+            metrics::rate_limited(RateLimit::Principal);
             let mut resp = ApiError::rate_limited(limited.retry_after_secs).into_response();
             add_rate_headers(&mut resp, limited.status);
             return Ok(resp);
@@ -200,6 +206,7 @@ fn register_schemes(registry: &mut Registry) {
 
 fn principal_of(req: &Request) -> Result<Principal, ApiError> {
     req.extensions().get::<Principal>().cloned().ok_or_else(|| {
+        metrics::auth_failed(CredentialLabel::None, "missing");
         ApiError::unauthenticated(
             "missing credentials: send `Authorization: Bearer <token>` or `X-API-Key: <key>`",
         )
@@ -271,6 +278,7 @@ impl<'a, P: Perm> ApiExtractor<'a> for Auth<P> {
         match principal.grant::<P>() {
             Ok(grant) => Ok(Auth { grant, ctx }),
             Err(denied) => {
+                metrics::permission_denied(denied.0.as_str());
                 if let Some(state) = req.data::<AppState>() {
                     state
                         .auth()

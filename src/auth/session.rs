@@ -169,6 +169,7 @@ impl AuthService {
             _ => None,
         };
         if let Some(reason) = reason {
+            crate::metrics::auth_failed(crate::metrics::Credential::Password, reason);
             self.store
                 .append(
                     ctx,
@@ -248,6 +249,11 @@ impl AuthService {
         match result {
             Ok(p) => Ok(p),
             Err((key_id, reason)) => {
+                let label = match kind {
+                    "jwt" => crate::metrics::Credential::Jwt,
+                    _ => crate::metrics::Credential::ApiKey,
+                };
+                crate::metrics::auth_failed(label, &reason);
                 self.note_failure(&ctx(), kind, key_id.as_deref(), &reason, false)
                     .await?;
                 let shown = if kind == "api_key" && reason != "malformed API key" {

@@ -38,6 +38,7 @@ use llama_cpp_2::token_type::LlamaTokenAttr;
 use llama_cpp_2::{send_logs_to_tracing, LogOptions};
 
 use super::chat::{is_c_space, Markers, Piece};
+use crate::metrics::ModelMetrics;
 use super::models::{AliveGuard, Command, Counters, Job};
 use super::text::{StopFilter, Utf8Stream};
 use super::{
@@ -67,7 +68,7 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
 /// llama.cpp's one-line summary of the CPU features its kernels use (AVX2, AVX512, ...),
 /// so an operator can see which build is serving.
 #[allow(unsafe_code)]
-fn system_info() -> String {
+pub(super) fn system_info() -> String {
     // SAFETY: `llama_print_system_info` takes no arguments and returns a pointer to a
     // NUL-terminated static buffer (or null), which is copied out at once.
     unsafe {
@@ -132,6 +133,7 @@ impl ModelThread {
             model: &model,
             template,
             ctx,
+            metrics: ModelMetrics::new(&self.model_id, self.cfg.parallel),
             worker: &self,
             ready: Instant::now(),
         };
@@ -264,6 +266,8 @@ struct Sequence {
     queue_ms: f64,
     admitted: Instant,
     first_token: Option<Instant>,
+    /// When its last generated token was sampled (inter-token latency).
+    last_token: Option<Instant>,
 }
 
 struct Batcher<'a, 'm> {
@@ -277,6 +281,7 @@ struct Batcher<'a, 'm> {
     /// When the model was loaded: slots exist from then on, so a request's wait for one is
     /// counted from then at the earliest (loading is not waiting behind other requests).
     ready: Instant,
+    metrics: ModelMetrics,
 }
 
 impl Batcher<'_, '_> {
@@ -293,7 +298,18 @@ impl Batcher<'_, '_> {
             if self.slots.iter().any(Option::is_some) {
                 self.step();
             }
+            self.report_occupancy();
         }
+    }
+
+    /// Busy slots, waiting requests and KV cells in use, for the metrics (after every step,
+    /// so the gauges are back at zero before the thread blocks idle).
+    fn report_occupancy(&self) {
+        let busy = self.slots.iter().flatten().count();
+        let kv_used = self.slots.iter().flatten().map(|s| s.n_past).sum();
+        let capacity = self.worker.cfg.ctx_per_slot as usize * self.slots.len();
+        self.metrics
+            .occupancy(busy, self.queue.len(), kv_used, capacity);
     }
 
     /// Takes commands; blocks only when there is nothing else to do. Returns false on
@@ -526,6 +542,7 @@ impl Batcher<'_, '_> {
             let _ = job.events.send(GenEvent::Started {
                 prompt_tokens: tokens.len() as u32,
             });
+            self.metrics.admitted(tokens.len());
             self.worker.sequences.fetch_add(1, Ordering::AcqRel);
             self.slots[free] = Some(Sequence {
                 stop: StopFilter::new(job.params.stop.clone()),
@@ -540,6 +557,7 @@ impl Batcher<'_, '_> {
                 utf8: Utf8Stream::default(),
                 admitted: Instant::now(),
                 first_token: None,
+                last_token: None,
             });
         }
     }
@@ -622,6 +640,7 @@ impl Batcher<'_, '_> {
         let c = &self.worker.counters;
         c.decode_steps.fetch_add(1, Ordering::Relaxed);
         c.max_batch_sequences.fetch_max(in_batch, Ordering::Relaxed);
+        self.metrics.decoded(in_batch, added);
 
         for (i, end) in prompt_chunks {
             if let Some(seq) = self.slots[i].as_mut() {
@@ -654,6 +673,8 @@ impl Batcher<'_, '_> {
             .counters
             .tokens_generated
             .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .generated(seq.last_token.replace(now).map(|t| now - t));
         let piece = vocab.token_to_piece(token, false, None);
         let text = seq.utf8.push(&piece);
         let filtered = seq.stop.push(&text);
@@ -727,6 +748,7 @@ impl Batcher<'_, '_> {
 
     /// Unload: everything running or waiting ends as cancelled.
     fn shutdown(&mut self) {
+        self.metrics.unloaded();
         for i in 0..self.slots.len() {
             if self.slots[i].is_some() {
                 self.finish(i, FinishReason::Cancelled);

@@ -41,6 +41,12 @@ pub use gguf::{is_gguf, read_metadata, GgufMetadata};
 pub use models::LlamaEngine;
 pub use registry::{inspect_with_digest, remember_digest, scan_dir, ModelFile};
 
+/// llama.cpp's one-line summary of the CPU features and backends its build uses (for the
+/// logs and the `inferno_build_info` metric).
+pub fn system_info() -> String {
+    llama::system_info()
+}
+
 /// Everything that can go wrong in the inference layer. Each variant says how the API layer
 /// is expected to report it to a client.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

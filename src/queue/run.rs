@@ -12,6 +12,7 @@ use super::embedded::{EmbeddedQueue, RESULTS};
 use super::*;
 use crate::events::{self as ev, ContentRecord, Event, SideWrite};
 use crate::inference::FinishReason;
+use crate::metrics::{self, JobOutcome};
 
 /// A retryable failure the worker's retry layer acts on.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,11 @@ impl Drop for EndGuard {
         };
         handle.spawn(async move {
             let draining = queue.lock().draining;
+            metrics::job_run(if draining {
+                JobOutcome::HandedBack
+            } else {
+                JobOutcome::Failed
+            });
             let event = if draining {
                 Event::JobRequeued(ev::JobRequeued {
                     job_id: job_id.clone(),
@@ -104,6 +110,7 @@ pub(super) async fn run_job(
             output: None,
             completion_tokens: None,
         });
+        metrics::job_run(JobOutcome::Cancelled);
         let _ = queue.store().append(&system, vec![event]).await;
         if let Ok(Some(after)) = queue.get(&job_id) {
             queue.finish_run(after, None, None, None);
@@ -127,7 +134,11 @@ pub(super) async fn run_job(
         job_id: job_id.clone(),
         armed: true,
     };
-    let waited = queue.take_wait(&job_id).unwrap_or_default();
+    let waited = queue.take_wait(&job_id);
+    if let Some(w) = waited {
+        metrics::job_started(&record.model, w);
+    }
+    let waited = waited.unwrap_or_default();
     let mut tokens = queue.streams().begin(&job_id, attempt);
     let result = match queue.payload(&job_id) {
         Ok(Some(request)) => executor.execute(&request, &cancel, &mut tokens).await,
@@ -142,9 +153,14 @@ pub(super) async fn run_job(
     let record_content = queue.settings().record_content;
     let mut side = Vec::new();
     let mut retry = None;
-    let (event, text, completion, error) = match result {
+    let (event, text, completion, error, outcome) = match result {
         Ok((text, c)) if c.finish_reason == FinishReason::Cancelled => {
             let by = cancel.by().unwrap_or_else(|| "system".into());
+            let outcome = if by == SHUTDOWN {
+                JobOutcome::HandedBack
+            } else {
+                JobOutcome::Cancelled
+            };
             let event = if by == SHUTDOWN {
                 Event::JobRequeued(ev::JobRequeued {
                     job_id: job_id.clone(),
@@ -160,10 +176,17 @@ pub(super) async fn run_job(
                     completion_tokens: Some(c.completion_tokens as u64),
                 })
             };
-            (event, Some(text), Some(c), None)
+            (event, Some(text), Some(c), None, outcome)
         }
         Ok((text, mut c)) => {
             c.timings.queue_ms += waited.as_secs_f64() * 1000.0;
+            let t = &c.timings;
+            let ms = |v: f64| std::time::Duration::from_secs_f64(v.max(0.0) / 1000.0);
+            metrics::job_completed(
+                &record.model,
+                ms(t.queue_ms + t.prompt_ms),
+                ms(t.queue_ms + t.prompt_ms + t.generate_ms),
+            );
             side.push(SideWrite::put(RESULTS, job_id.as_bytes(), text.clone()));
             let event = Event::JobCompleted(ev::JobCompleted {
                 job_id: job_id.clone(),
@@ -173,7 +196,7 @@ pub(super) async fn run_job(
                 timings: c.timings.record(),
                 output: ContentRecord::new(&text, record_content),
             });
-            (event, Some(text), Some(c), None)
+            (event, Some(text), Some(c), None, JobOutcome::Completed)
         }
         Err(e) if e.retryable && attempt < queue.settings().max_attempts => {
             retry = Some(Retryable(e.message.clone()));
@@ -182,17 +205,18 @@ pub(super) async fn run_job(
                 reason: "retry".into(),
                 counts_attempt: true,
             });
-            (event, None, None, Some(e))
+            (event, None, None, Some(e), JobOutcome::Retried)
         }
         Err(e) if e.retryable => {
             let event = Event::JobDead(ev::JobDead {
                 job_id: job_id.clone(),
                 error: e.message.clone(),
             });
-            (event, None, None, Some(e))
+            (event, None, None, Some(e), JobOutcome::Dead)
         }
-        Err(e) => (failed(&job_id, &e), None, None, Some(e)),
+        Err(e) => (failed(&job_id, &e), None, None, Some(e), JobOutcome::Failed),
     };
+    metrics::job_run(outcome);
     let appended = queue.store().append_with(&system, vec![event], side).await;
     guard.armed = false;
     if let Err(e) = appended {
