@@ -370,6 +370,15 @@ fn rows() -> Vec<Row> {
             Some("manage_queue"),
             None,
         ),
+        // metrics
+        r("get", "/metrics", "/metrics", Some("read_metrics"), None),
+        r(
+            "get",
+            "/api/v1/metrics",
+            "/api/v1/metrics",
+            Some("read_metrics"),
+            None,
+        ),
     ];
     // The documented outcome of each row's input, in the same order.
     let expected: &[(u16, &'static [&'static str])] = &[
@@ -418,6 +427,8 @@ fn rows() -> Vec<Row> {
         (404, &[]),
         (404, &[]),
         (200, &[]), // pause, resume
+        (200, &[]),
+        (200, &[]), // the Prometheus exposition and its JSON summary
         (200, &[]),
     ];
     assert_eq!(rows.len(), expected.len());
