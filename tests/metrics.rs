@@ -174,13 +174,20 @@ struct Server {
     spawned: Spawned,
     client: reqwest::Client,
     metrics_url: String,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// `inferno serve` with the test model, a public metrics listener and `extra` env.
 async fn spawn(extra: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("models");
+    let mut s = spawn_at(&dir.path().join("data"), extra).await;
+    s._dir = Some(dir);
+    s
+}
+
+/// [`spawn`] on `data` (a data dir that outlives the server).
+async fn spawn_at(data: &std::path::Path, extra: &[(&str, &str)]) -> Server {
+    let models = data.with_extension("models");
     common::link_test_model(&models);
     let models = models.to_string_lossy().to_string();
     let mut env = vec![
@@ -191,13 +198,13 @@ async fn spawn(extra: &[(&str, &str)]) -> Server {
         ("INFERNO_METRICS__PUBLIC_BIND", "127.0.0.1:0"),
     ];
     env.extend_from_slice(extra);
-    let spawned = common::spawn_server(&dir.path().join("data"), &env).await;
+    let spawned = common::spawn_server(data, &env).await;
     let log = std::fs::read_to_string(&spawned.stderr_log).unwrap();
     Server {
         metrics_url: public_metrics_url(&log),
         spawned,
         client: reqwest::Client::new(),
-        _dir: dir,
+        _dir: None,
     }
 }
 
@@ -732,4 +739,63 @@ async fn events_appended_counts_every_committed_event() {
         delta(&before, &after, "inferno_event_append_duration_seconds_count", &[]) >= 1.0
     );
     assert!(s.spawned.terminate().success());
+}
+
+/// A server opened read-only on a broken chain (`--allow-broken-tail`) reports it:
+/// `inferno_event_chain_broken` is 1, the metric the chain alert fires on.
+#[tokio::test]
+async fn a_broken_chain_shows_in_the_chain_gauge() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let healthy = spawn_at(&data, &[]).await;
+    let r = healthy
+        .client
+        .get(format!("{}/metrics", healthy.metrics_url))
+        .send()
+        .await
+        .unwrap();
+    let scrape = Scrape::parse(r.text().await.unwrap());
+    assert_eq!(scrape.get("inferno_event_chain_broken", &[]), 0.0);
+    assert!(healthy.spawned.terminate().success());
+    let out = common::run_cli(&["audit", "verify", "--data-dir", data.to_str().unwrap()]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("verify report");
+    let head = report["head_seq"].as_u64().unwrap();
+
+    // Corrupt the newest event (as tests/cli.rs does), then open it read-only.
+    {
+        let db = fjall::Database::builder(data.join("log")).open().unwrap();
+        let events = db
+            .keyspace("events", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        let k = head.to_be_bytes();
+        let mut v = events.get(k).unwrap().unwrap().to_vec();
+        let pos = v.windows(7).position(|w| w == b"\"actor\"").unwrap();
+        v[pos + 1] = b'A';
+        events.insert(k, v).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let log = dir.path().join("broken.log");
+    let mut child = Command::new(common::inferno_bin())
+        .args(["serve", "--bind", "127.0.0.1:0", "--allow-broken-tail", "--data-dir"])
+        .arg(&data)
+        .env("INFERNO_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("INFERNO_METRICS__PUBLIC_BIND", "127.0.0.1:0")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut url = None;
+    for _ in 0..400 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if common::listening_url(&text).is_some() {
+            url = Some(public_metrics_url(&text));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let url = url.unwrap_or_else(|| panic!("{}", std::fs::read_to_string(&log).unwrap()));
+    let r = reqwest::get(format!("{url}/metrics")).await.unwrap();
+    let scrape = Scrape::parse(r.text().await.unwrap());
+    assert_eq!(scrape.get("inferno_event_chain_broken", &[]), 1.0);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
