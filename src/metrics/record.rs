@@ -189,6 +189,9 @@ pub(super) fn started() {
     ] {
         counter!(name).absolute(0);
     }
+    for result in ["ok", "broken"] {
+        counter!(CHAIN_VERIFICATIONS, "result" => result).absolute(0);
+    }
     gauge!(
         BUILD_INFO,
         "version" => env!("CARGO_PKG_VERSION"),
