@@ -398,7 +398,10 @@ async fn a_known_workload_moves_every_family_by_exactly_its_amount() {
     );
     assert_eq!(d("inferno_permission_denied_total", &[]), 1.0);
     assert_eq!(
-        d("inferno_rate_limited_requests_total", &[("limit", "principal")]),
+        d(
+            "inferno_rate_limited_requests_total",
+            &[("limit", "principal")]
+        ),
         1.0
     );
     assert_eq!(d("inferno_rate_limited_requests_total", &[]), 1.0);
@@ -456,7 +459,10 @@ async fn a_known_workload_moves_every_family_by_exactly_its_amount() {
     assert_eq!(after.get("inferno_response_cache_hits_total", &[]), 0.0);
     assert_eq!(after.get("inferno_response_cache_misses_total", &[]), 0.0);
     assert_eq!(after.get("inferno_queue_max_depth", &[]), 1024.0);
-    assert!(after.get("inferno_event_log_head_seq", &[]) > before.get("inferno_event_log_head_seq", &[]));
+    assert!(
+        after.get("inferno_event_log_head_seq", &[])
+            > before.get("inferno_event_log_head_seq", &[])
+    );
     assert_eq!(after.get("inferno_event_chain_broken", &[]), 0.0);
 
     // The build info.
@@ -560,7 +566,10 @@ async fn a_known_workload_moves_every_family_by_exactly_its_amount() {
         .filter(|n| !n.starts_with("inferno_nats_") && !n.starts_with("inferno_jetstream_"))
         .filter(|n| !families.contains(n))
         .collect();
-    assert!(missing.is_empty(), "dashboard metrics not in a scrape: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "dashboard metrics not in a scrape: {missing:?}"
+    );
 
     assert!(s.spawned.terminate().success());
 }
@@ -724,11 +733,15 @@ async fn events_appended_counts_every_committed_event() {
     let s = spawn(&[]).await;
     let admin = s.spawned.admin_token(&s.client).await;
     let key = s
-        .key(&admin, json!({"name": "scraper", "permissions": ["read_metrics"]}))
+        .key(
+            &admin,
+            json!({"name": "scraper", "permissions": ["read_metrics"]}),
+        )
         .await;
     let before = s.scrape(&key).await;
     for _ in 0..3 {
-        s.key(&admin, json!({"name": "more", "permissions": []})).await;
+        s.key(&admin, json!({"name": "more", "permissions": []}))
+            .await;
     }
     let after = s.scrape(&key).await;
     let appended = delta(&before, &after, "inferno_events_appended_total", &[]);
@@ -736,7 +749,12 @@ async fn events_appended_counts_every_committed_event() {
     assert!(head >= 3.0);
     assert_eq!(appended, head);
     assert!(
-        delta(&before, &after, "inferno_event_append_duration_seconds_count", &[]) >= 1.0
+        delta(
+            &before,
+            &after,
+            "inferno_event_append_duration_seconds_count",
+            &[]
+        ) >= 1.0
     );
     assert!(s.spawned.terminate().success());
 }
@@ -776,7 +794,13 @@ async fn a_broken_chain_shows_in_the_chain_gauge() {
     }
     let log = dir.path().join("broken.log");
     let mut child = Command::new(common::inferno_bin())
-        .args(["serve", "--bind", "127.0.0.1:0", "--allow-broken-tail", "--data-dir"])
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--allow-broken-tail",
+            "--data-dir",
+        ])
         .arg(&data)
         .env("INFERNO_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env("INFERNO_METRICS__PUBLIC_BIND", "127.0.0.1:0")

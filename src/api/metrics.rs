@@ -25,7 +25,10 @@ fn scrape(state: &AppState) -> Result<String, ApiError> {
 #[derive(ApiResponse)]
 pub enum PrometheusText {
     /// The Prometheus text exposition format, version 0.0.4.
-    #[oai(status = 200, content_type = "text/plain; version=0.0.4; charset=utf-8")]
+    #[oai(
+        status = 200,
+        content_type = "text/plain; version=0.0.4; charset=utf-8"
+    )]
     Ok(PlainText<String>),
 }
 
@@ -47,7 +50,11 @@ impl MetricsApi {
     /// The numbers of `GET /metrics` summarised for people: totals, per-route and
     /// per-model figures, and latency means and quantiles (estimated from the histogram
     /// buckets as PromQL's `histogram_quantile` does). Requires permission `read_metrics`.
-    #[oai(path = "/api/v1/metrics", method = "get", operation_id = "metrics_summary")]
+    #[oai(
+        path = "/api/v1/metrics",
+        method = "get",
+        operation_id = "metrics_summary"
+    )]
     async fn summary(
         &self,
         state: Data<&AppState>,

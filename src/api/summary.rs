@@ -184,7 +184,12 @@ fn counts(e: &Exposition, name: &str, label: &str) -> Vec<MetricsCount> {
 fn routes(e: &Exposition) -> Vec<MetricsRoute> {
     let keys: BTreeSet<(String, String)> = e
         .series(HTTP_REQUESTS, &[])
-        .filter_map(|s| Some((s.label("route")?.to_string(), s.label("method")?.to_string())))
+        .filter_map(|s| {
+            Some((
+                s.label("route")?.to_string(),
+                s.label("method")?.to_string(),
+            ))
+        })
         .collect();
     keys.into_iter()
         .map(|(route, method)| {
@@ -237,7 +242,11 @@ fn models(e: &Exposition) -> Vec<MetricsModel> {
 /// The summary of exposition `e`; `nats` when `[nats]` is configured.
 pub fn summary(e: &Exposition, nats: bool) -> MetricsSummary {
     let info = e.series(BUILD_INFO, &[]).next();
-    let label = |k: &str| info.and_then(|s| s.label(k)).unwrap_or_default().to_string();
+    let label = |k: &str| {
+        info.and_then(|s| s.label(k))
+            .unwrap_or_default()
+            .to_string()
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());

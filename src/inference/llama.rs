@@ -38,13 +38,13 @@ use llama_cpp_2::token_type::LlamaTokenAttr;
 use llama_cpp_2::{send_logs_to_tracing, LogOptions};
 
 use super::chat::{is_c_space, Markers, Piece};
-use crate::metrics::ModelMetrics;
 use super::models::{AliveGuard, Command, Counters, Job};
 use super::text::{StopFilter, Utf8Stream};
 use super::{
     BusyReason, ChatMessage, Completion, EngineConfig, EngineError, FinishReason, GenEvent, Prompt,
     SamplingParams, Timings,
 };
+use crate::metrics::ModelMetrics;
 
 /// llama.cpp's "pick a random seed" value.
 const RANDOM_SEED: u32 = u32::MAX;

@@ -99,8 +99,8 @@ const TTFT_BUCKETS: &[f64] = &[
 ];
 /// Seconds between two generated tokens of one sequence.
 const ITL_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
-    2.5, 5.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+    5.0,
 ];
 /// Seconds from a job's enqueue to its last token (vLLM's buckets, plus the short end).
 const E2E_BUCKETS: &[f64] = &[
@@ -243,7 +243,10 @@ fn describe() {
         BATCH_TOKENS,
         "Tokens in one decode step (prompt chunks plus one per generating sequence), by model."
     );
-    describe_gauge!(SLOTS, "Sequence slots of a loaded model ([models] parallel).");
+    describe_gauge!(
+        SLOTS,
+        "Sequence slots of a loaded model ([models] parallel)."
+    );
     describe_gauge!(BUSY_SLOTS, "Slots holding a sequence now, by model.");
     describe_gauge!(
         REQUESTS_WAITING,

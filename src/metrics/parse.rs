@@ -206,7 +206,10 @@ mod tests {
         assert_eq!(e.sum("x_total", &[]), 4.0);
         assert_eq!(e.value("x_total", &[("route", "/a/{id}")]), Some(3.0));
         assert_eq!(e.value("plain", &[]), Some(7.0));
-        assert_eq!(e.series("info", &[]).next().unwrap().label("v"), Some("a \"q\" b\\c"));
+        assert_eq!(
+            e.series("info", &[]).next().unwrap().label("v"),
+            Some("a \"q\" b\\c")
+        );
         assert_eq!(e.label_values("x_total", "status").len(), 2);
     }
 

@@ -182,11 +182,7 @@ pub fn response_cache(hit: bool) {
 /// Families that exist from the start (at 0 until something happens), the build info and
 /// the start time.
 pub(super) fn started() {
-    for name in [
-        RESPONSE_CACHE_HITS,
-        RESPONSE_CACHE_MISSES,
-        EVENTS_APPENDED,
-    ] {
+    for name in [RESPONSE_CACHE_HITS, RESPONSE_CACHE_MISSES, EVENTS_APPENDED] {
         counter!(name).absolute(0);
     }
     for result in ["ok", "broken"] {
