@@ -120,9 +120,7 @@ impl Exposition {
             sum: self.sum(&format!("{name}_sum"), filter),
             buckets: Vec::new(),
         };
-        if self.series(&count_name, filter).next().is_none() {
-            return None;
-        }
+        self.series(&count_name, filter).next()?;
         for s in self.series(&format!("{name}_bucket"), filter) {
             let Some(le) = s.label("le").and_then(parse_value) else {
                 continue;
