@@ -355,6 +355,7 @@ impl AuditApi {
         let r = tokio::task::spawn_blocking(move || store.verify())
             .await
             .map_err(ApiError::internal)?;
+        crate::metrics::chain_verified(!r.ok);
         Ok(Json(VerifyBody {
             ok: r.ok,
             events: r.events,

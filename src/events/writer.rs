@@ -144,6 +144,7 @@ impl Writer {
                 return;
             }
         };
+        let started = std::time::Instant::now();
         let (start_seq, start_hash, start_ts) = (self.seq, self.hash.clone(), self.last_ts);
         let start_tree = self.tree.clone();
         let mut tx = ProjectionTx::new(&h.projection_ks);
@@ -240,6 +241,7 @@ impl Writer {
                 if let Ok(mut head) = self.head.write() {
                     *head = (self.seq, self.hash.clone());
                 }
+                crate::metrics::events_appended((self.seq - start_seq) as usize, started.elapsed());
                 // Envelopes are cloned for the live tail only while someone tails it.
                 let tailed = self.live.receiver_count() > 0;
                 for (reply, envs) in accepted {
