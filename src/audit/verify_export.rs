@@ -66,6 +66,8 @@ struct Line {
     hash: [u8; 64],
     leaf: Hash,
     redacted: bool,
+    /// An `audit.checkpoint` line (its note is checked against the root at its size).
+    checkpoint: bool,
 }
 
 fn hex64(s: &str) -> Option<[u8; 64]> {
@@ -96,6 +98,7 @@ fn read_line(bytes: &[u8], expected: u64, buf: &mut Vec<u8>) -> Result<Line, Exp
             hash,
             leaf,
             redacted: false,
+            checkpoint: raw.type_str() == Some("audit.checkpoint"),
         });
     }
     let v: serde_json::Value = serde_json::from_slice(bytes)
@@ -125,25 +128,86 @@ fn read_line(bytes: &[u8], expected: u64, buf: &mut Vec<u8>) -> Result<Line, Exp
         hash: field("hash")?,
         leaf: Hash(leaf),
         redacted: true,
+        checkpoint: false,
     })
 }
 
-/// Sizes at which the export records checkpoints (a quick scan for their lines).
-fn recorded_sizes<'a>(
-    lines: impl Iterator<Item = &'a [u8]>,
-) -> BTreeMap<u64, Vec<AuditCheckpoint>> {
-    let needle = b"\"type\":\"audit.checkpoint\"";
+/// The checkpoints these lines record, by the size they cover.
+fn recorded(lines: &[&[u8]]) -> BTreeMap<u64, Vec<AuditCheckpoint>> {
     let mut out: BTreeMap<u64, Vec<AuditCheckpoint>> = BTreeMap::new();
     for line in lines {
-        if line.windows(needle.len()).any(|w| w == needle) {
-            if let Ok(Event::AuditCheckpoint(cp)) =
-                Envelope::from_stored_bytes(0, line).and_then(|e| e.event())
-            {
-                out.entry(cp.tree_size).or_default().push(cp);
-            }
+        if let Ok(Event::AuditCheckpoint(cp)) =
+            Envelope::from_stored_bytes(0, line).and_then(|e| e.event())
+        {
+            out.entry(cp.tree_size).or_default().push(cp);
         }
     }
     out
+}
+
+/// What one thread found in its run of lines: their leaves, the run's first `prev_hash`
+/// and last `hash` (linked to the neighbours afterwards), and its first error.
+struct Chunk<'a> {
+    leaves: Vec<Hash>,
+    first_prev: Option<[u8; 64]>,
+    last_hash: Option<[u8; 64]>,
+    error: Option<ExportError>,
+    redacted: u64,
+    checkpoints: Vec<&'a [u8]>,
+}
+
+/// Checks lines `first_seq..` in order: each line's hash, its seq, and its link to the line
+/// before it within the run.
+fn check_run<'a>(lines: &[&'a [u8]], first_seq: u64) -> Chunk<'a> {
+    let mut c = Chunk {
+        leaves: Vec::with_capacity(lines.len()),
+        first_prev: None,
+        last_hash: None,
+        error: None,
+        redacted: 0,
+        checkpoints: Vec::new(),
+    };
+    let mut buf = Vec::with_capacity(1024);
+    for (i, bytes) in lines.iter().enumerate() {
+        let expected = first_seq + i as u64;
+        let line = match read_line(bytes, expected, &mut buf) {
+            Ok(l) => l,
+            Err(e) => {
+                c.error = Some(e);
+                return c;
+            }
+        };
+        if line.seq != expected {
+            let reason = if line.seq < expected {
+                format!("found seq {} where {expected} belongs (an event repeated, reordered or inserted)", line.seq)
+            } else {
+                format!(
+                    "event {expected} is missing (the next line is seq {})",
+                    line.seq
+                )
+            };
+            c.error = Some(bad(expected, reason));
+            return c;
+        }
+        match c.last_hash {
+            None => c.first_prev = Some(line.prev_hash),
+            Some(prev) if prev != line.prev_hash => {
+                c.error = Some(bad(
+                    expected,
+                    "broken link: its prev_hash is not the previous event's hash",
+                ));
+                return c;
+            }
+            Some(_) => {}
+        }
+        c.last_hash = Some(line.hash);
+        c.redacted += u64::from(line.redacted);
+        if line.checkpoint {
+            c.checkpoints.push(bytes);
+        }
+        c.leaves.push(line.leaf);
+    }
+    c
 }
 
 fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -159,74 +223,55 @@ pub fn verify_export(
     mut progress: impl FnMut(u64),
 ) -> Result<ExportReport, ExportError> {
     let cp = verify_checkpoint(note, verifier_key).map_err(whole)?;
-    let mut wanted = recorded_sizes(lines(data));
+    // Hashes are recomputed on every core (each line carries its own prev_hash); the runs
+    // are then linked and the tree built in one pass.
+    let all: Vec<&[u8]> = lines(data).collect();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    let size = all.len().div_ceil(workers).max(1);
+    let chunks: Vec<Chunk<'_>> = std::thread::scope(|s| {
+        let handles: Vec<_> = all
+            .chunks(size)
+            .enumerate()
+            .map(|(c, run)| s.spawn(move || check_run(run, (c * size) as u64 + 1)))
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    if chunks.len() != all.len().div_ceil(size) {
+        return Err(whole("a verification thread failed"));
+    }
+    let mut prev: [u8; 64] = GENESIS_HASH.as_bytes().try_into().unwrap_or([b'0'; 64]);
+    let mut redacted = 0;
+    let mut recorded_lines = Vec::new();
+    for (c, chunk) in chunks.iter().enumerate() {
+        if chunk.first_prev.is_some_and(|p| p != prev) {
+            return Err(bad(
+                (c * size) as u64 + 1,
+                "broken link: its prev_hash is not the previous event's hash",
+            ));
+        }
+        if let Some(e) = &chunk.error {
+            return Err(e.clone());
+        }
+        prev = chunk.last_hash.unwrap_or(prev);
+        redacted += chunk.redacted;
+        recorded_lines.extend_from_slice(&chunk.checkpoints);
+    }
+    let mut wanted = recorded(&recorded_lines);
     wanted.entry(cp.size).or_default();
     let mut roots: BTreeMap<u64, Hash> = BTreeMap::new();
     if wanted.contains_key(&0) {
         roots.insert(0, tlog_tiles::EMPTY_HASH);
     }
-
-    // Hashes are recomputed on every core (each line carries its own prev_hash); links,
-    // order and the tree are then checked in one pass.
-    let all: Vec<&[u8]> = lines(data).collect();
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
-    let chunk = all.len().div_ceil(workers).max(1);
-    let parsed: Vec<Result<Line, ExportError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = all
-            .chunks(chunk)
-            .enumerate()
-            .map(|(c, part)| {
-                s.spawn(move || {
-                    let mut buf = Vec::with_capacity(1024);
-                    part.iter()
-                        .enumerate()
-                        .map(|(i, l)| read_line(l, (c * chunk + i) as u64 + 1, &mut buf))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    if parsed.len() != all.len() {
-        return Err(whole("a verification thread failed"));
-    }
-
     let mut tree = MemoryTree::default();
-    let mut prev: [u8; 64] = GENESIS_HASH.as_bytes().try_into().unwrap_or([b'0'; 64]);
-    let mut redacted = 0;
-    for (i, line) in parsed.into_iter().enumerate() {
-        let expected = i as u64 + 1;
-        let line = line?;
-        if line.seq != expected {
-            let reason = if line.seq < expected {
-                format!("found seq {} where {expected} belongs (an event repeated, reordered or inserted)", line.seq)
-            } else {
-                format!(
-                    "event {expected} is missing (the next line is seq {})",
-                    line.seq
-                )
-            };
-            return Err(bad(expected, reason));
-        }
-        if line.prev_hash != prev {
-            return Err(bad(
-                expected,
-                "broken link: its prev_hash is not the previous event's hash",
-            ));
-        }
-        prev = line.hash;
-        redacted += u64::from(line.redacted);
-        tree.push(line.leaf);
+    for leaf in chunks.iter().flat_map(|c| c.leaves.iter()) {
+        tree.push(*leaf);
         if wanted.contains_key(&tree.size()) {
             roots.insert(tree.size(), tree.root());
         }
-        if expected.is_multiple_of(65_536) {
-            progress(expected);
+        if tree.size().is_multiple_of(65_536) {
+            progress(tree.size());
         }
     }
     progress(tree.size());

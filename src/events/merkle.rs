@@ -40,6 +40,14 @@ pub(crate) fn tile_key(level: u8, index: u64) -> [u8; 9] {
     k
 }
 
+/// The entry of leaf `index` while its level-0 tile is partial.
+pub(crate) fn leaf_key(index: u64) -> [u8; 9] {
+    tile_key(LEAF_ENTRY, index)
+}
+
+/// Key prefix of leaf entries (never a tile level: a tree has at most 8 tile levels).
+const LEAF_ENTRY: u8 = 0xff;
+
 fn tree_error(e: impl std::fmt::Display) -> EventError {
     EventError::Corrupt(format!("merkle tree: {e}"))
 }
@@ -87,19 +95,33 @@ impl TreeEdge {
         }
     }
 
-    /// The tile writes that make the stored tree match this edge: every tile completed since
-    /// the last call, and the partial tile of every level.
-    pub(crate) fn take_writes(&mut self) -> Vec<([u8; 9], Vec<u8>)> {
-        let mut out: Vec<([u8; 9], Vec<u8>)> = self
-            .completed
-            .drain(..)
-            .map(|(l, n, data)| (tile_key(l, n), data))
-            .collect();
-        for (level, row) in self.rows.iter().enumerate() {
+    /// The writes that make the stored tree match this edge (`None` deletes): every tile
+    /// completed since the last call, the partial tile of every level above 0, and for
+    /// level 0 one entry per new leaf of its partial tile, so a group never rewrites a
+    /// whole tile; the entries of a tile that became complete are deleted.
+    pub(crate) fn take_writes(&mut self) -> Vec<([u8; 9], Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        for (l, n, data) in self.completed.drain(..) {
+            if l == 0 {
+                let first = n * TILE_WIDTH;
+                for i in first..self.written_size.min(first + TILE_WIDTH) {
+                    out.push((leaf_key(i), None));
+                }
+            }
+            out.push((tile_key(l, n), Some(data)));
+        }
+        let base = self.size / TILE_WIDTH * TILE_WIDTH;
+        if let Some(row) = self.rows.first() {
+            for i in self.written_size.max(base)..self.size {
+                let at = (i - base) as usize * HASH_SIZE;
+                out.push((leaf_key(i), Some(row[at..at + HASH_SIZE].to_vec())));
+            }
+        }
+        for (level, row) in self.rows.iter().enumerate().skip(1) {
             let width = self.size >> (u32::from(TILE_HEIGHT) * level as u32);
             let old = self.written_size >> (u32::from(TILE_HEIGHT) * level as u32);
             if !row.is_empty() && width != old {
-                out.push((tile_key(level as u8, width / TILE_WIDTH), row.clone()));
+                out.push((tile_key(level as u8, width / TILE_WIDTH), Some(row.clone())));
             }
         }
         self.written_size = self.size;
@@ -122,10 +144,21 @@ impl TreeEdge {
                 }
             }
         };
-        let size = match last(0)? {
+        // Complete level-0 tiles, then the leaf entries of the partial one.
+        let full = match last(0)? {
             None => 0,
-            Some((index, data)) => index * TILE_WIDTH + (data.len() / HASH_SIZE) as u64,
+            Some((index, _)) => (index + 1) * TILE_WIDTH,
         };
+        let mut partial = Vec::with_capacity(HASH_SIZE * TILE_WIDTH as usize);
+        for g in ks.range(leaf_key(full)..=leaf_key(full + TILE_WIDTH - 1)) {
+            let (k, v) = g.into_inner()?;
+            let next = full + (partial.len() / HASH_SIZE) as u64;
+            if k.as_ref() != leaf_key(next) || v.len() != HASH_SIZE {
+                return Err(tree_error("leaf entries are not contiguous"));
+            }
+            partial.extend_from_slice(&v);
+        }
+        let size = full + (partial.len() / HASH_SIZE) as u64;
         let mut edge = TreeEdge {
             size,
             written_size: size,
@@ -136,7 +169,9 @@ impl TreeEdge {
             let width = size >> (u32::from(TILE_HEIGHT) * u32::from(level));
             let want = (width % TILE_WIDTH) as usize * HASH_SIZE;
             let mut row = Vec::with_capacity(HASH_SIZE * TILE_WIDTH as usize);
-            if want > 0 {
+            if level == 0 {
+                row.extend_from_slice(&partial);
+            } else if want > 0 {
                 let data = ks
                     .get(tile_key(level, width / TILE_WIDTH))?
                     .ok_or_else(|| {
@@ -154,11 +189,36 @@ impl TreeEdge {
     }
 }
 
+/// Tile `(level, index)`: stored whole, or for the partial level-0 tile assembled from
+/// every leaf entry it has.
+pub(crate) fn read_tile(
+    ks: &Keyspace,
+    level: u8,
+    index: u64,
+) -> Result<Vec<u8>, tlog_tiles::Error> {
+    let stored = ks
+        .get(tile_key(level, index))
+        .map_err(|_| tlog_tiles::Error::InvalidTile)?;
+    if let Some(t) = stored {
+        return Ok(t.to_vec());
+    }
+    if level != 0 {
+        return Err(tlog_tiles::Error::IndexesNotInTree);
+    }
+    let first = index * TILE_WIDTH;
+    let mut data = Vec::with_capacity(TILE_WIDTH as usize * HASH_SIZE);
+    for g in ks.range(leaf_key(first)..=leaf_key(first + TILE_WIDTH - 1)) {
+        let v = g.value().map_err(|_| tlog_tiles::Error::InvalidTile)?;
+        data.extend_from_slice(&v);
+    }
+    Ok(data)
+}
+
 /// Reads stored hashes out of the tiles (the `tlog_tiles` [`HashReader`] for proofs and
 /// roots). Tiles read once are kept for the reader's lifetime.
 pub(crate) struct TileHashes<'a> {
     ks: &'a Keyspace,
-    tiles: RefCell<HashMap<(u8, u64), fjall::Slice>>,
+    tiles: RefCell<HashMap<(u8, u64), Vec<u8>>>,
 }
 
 impl<'a> TileHashes<'a> {
@@ -180,12 +240,9 @@ impl HashReader for TileHashes<'_> {
                 let key = (tile.level(), tile.level_index());
                 let data = match tiles.entry(key) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                        self.ks
-                            .get(tile_key(key.0, key.1))
-                            .map_err(|_| tlog_tiles::Error::InvalidTile)?
-                            .ok_or(tlog_tiles::Error::IndexesNotInTree)?,
-                    ),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(read_tile(self.ks, key.0, key.1)?)
+                    }
                 };
                 tile.hash_at_index(data, index)
             })
@@ -367,14 +424,29 @@ mod tests {
             e.push(leaf_hash(&i.to_be_bytes()));
         }
         let writes = e.take_writes();
-        let keys: Vec<_> = writes
+        let tiles: Vec<_> = writes
             .iter()
-            .map(|(k, v)| (k[0], k[8], v.len() / 32))
+            .filter(|(k, _)| k[0] != LEAF_ENTRY)
+            .map(|(k, v)| (k[0], k[8], v.as_ref().map_or(0, |v| v.len() / 32)))
             .collect();
-        // Two complete level-0 tiles, the partial third, and level 1's partial tile of 2.
-        assert_eq!(keys, vec![(0, 0, 256), (0, 1, 256), (0, 2, 88), (1, 0, 2)]);
+        // Two complete level-0 tiles and level 1's partial tile of 2...
+        assert_eq!(tiles, vec![(0, 0, 256), (0, 1, 256), (1, 0, 2)]);
+        // ...and the 88 leaves of the partial third as entries.
+        assert_eq!(
+            writes.iter().filter(|(k, _)| k[0] == LEAF_ENTRY).count(),
+            88
+        );
         e.push(leaf_hash(b"x"));
         let writes = e.take_writes();
-        assert_eq!(writes.len(), 1, "only the partial level-0 tile changed");
+        assert_eq!(writes.len(), 1, "one new leaf entry");
+        for _ in 0..(768 - 601) {
+            e.push(leaf_hash(b"y"));
+        }
+        let writes = e.take_writes();
+        let deletes = writes.iter().filter(|(_, v)| v.is_none()).count();
+        assert_eq!(
+            deletes, 89,
+            "the entries written before the third tile completed"
+        );
     }
 }

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// Nesting deeper than this is left to the full decoder.
-const MAX_DEPTH: usize = 64;
+pub(crate) const MAX_DEPTH: usize = 64;
 
 /// Borrowed pieces of a stored envelope in canonical form.
 #[derive(Debug, Clone, Copy)]
@@ -477,6 +477,7 @@ impl<'a> RawEnvelope<'a> {
 
 /// Whether `bytes` are one canonical JSON value, as verification reads a payload
 /// (compact, sorted keys, minimal escapes, nesting within what it reads).
+#[cfg(test)]
 pub(crate) fn is_canonical_value(bytes: &[u8]) -> bool {
     if std::str::from_utf8(bytes).is_err() {
         return false;

@@ -17,7 +17,7 @@ use super::envelope::{
 };
 use super::error::EventError;
 use super::merkle::{leaf_hash, Hash};
-use super::raw::is_canonical_value;
+use super::raw::MAX_DEPTH;
 use super::types::Event;
 
 /// The request's context, encoded once for all its events.
@@ -66,7 +66,9 @@ pub(crate) fn prepare(events: Vec<Event>) -> Result<Vec<Prepared>, EventError> {
             let payload = event.payload_json();
             let mut payload_bytes = Vec::with_capacity(256);
             write_canonical_value(&mut payload_bytes, &payload);
-            if !is_canonical_value(&payload_bytes) {
+            // The encoder writes canonical JSON by construction (sorted keys, minimal
+            // escapes); what verification could still refuse is nesting deeper than it reads.
+            if !within_depth(&payload, 0) {
                 return Err(EventError::Invalid(format!(
                     "a {} event cannot be stored in canonical form",
                     event.event_type()
@@ -90,6 +92,17 @@ pub(crate) struct Place {
     pub(crate) id: Uuid,
     pub(crate) ts: DateTime<Utc>,
     pub(crate) prev_hash: String,
+}
+
+/// Whether every value in `v` is at most [`MAX_DEPTH`] deep, as verification reads it.
+fn within_depth(v: &serde_json::Value, depth: usize) -> bool {
+    use serde_json::Value;
+    depth <= MAX_DEPTH
+        && match v {
+            Value::Object(m) => m.values().all(|x| within_depth(x, depth + 1)),
+            Value::Array(a) => a.iter().all(|x| within_depth(x, depth + 1)),
+            _ => true,
+        }
 }
 
 /// A sealed event: its stored bytes, hash (hex) and Merkle leaf.
@@ -245,6 +258,7 @@ mod tests {
             let ts = Utc::now();
             let sealed = p.seal(&pctx, 42, id, &ts, GENESIS_HASH.as_bytes(), &mut canon);
             let raw = RawEnvelope::parse(&sealed.stored).expect("verification reads it");
+            assert!(crate::events::raw::is_canonical_value(raw.payload));
             let mut buf = Vec::new();
             assert_eq!(raw.hash(&mut buf), sealed.hash);
             assert_eq!(buf, canon);

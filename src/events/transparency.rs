@@ -100,7 +100,10 @@ pub(crate) fn catch_up_tree(h: &Handles, head_seq: u64) -> Result<TreeEdge, Even
     let flush = |edge: &mut TreeEdge| -> Result<(), EventError> {
         let mut batch = h.db.batch();
         for (key, tile) in edge.take_writes() {
-            batch.insert(&h.merkle, key, tile);
+            match tile {
+                Some(t) => batch.insert(&h.merkle, key, t),
+                None => batch.remove(&h.merkle, key),
+            }
         }
         Ok(batch.commit()?)
     };

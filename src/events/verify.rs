@@ -3,7 +3,7 @@
 
 use super::envelope::GENESIS_HASH;
 use super::error::EventError;
-use super::merkle::{leaf_hash, tile_key, Hash, MemoryTree, Tree};
+use super::merkle::{leaf_hash, read_tile, Hash, MemoryTree, Tree};
 use super::raw::RawEnvelope;
 use super::store::{key_seq, seq_key, Handles};
 
@@ -192,7 +192,7 @@ impl Handles {
     fn check_tree(&self, leaves: &[Hash]) -> Option<(u64, &'static str)> {
         for (i, chunk) in leaves.chunks(256).enumerate() {
             let first = i as u64 * 256 + 1;
-            let Ok(Some(tile)) = self.merkle.get(tile_key(0, i as u64)) else {
+            let Ok(tile) = read_tile(&self.merkle, 0, i as u64) else {
                 return Some((first, "tree leaf mismatch"));
             };
             for (j, leaf) in chunk.iter().enumerate() {

@@ -146,7 +146,6 @@ impl Writer {
         };
         let started = std::time::Instant::now();
         let (start_seq, start_hash, start_ts) = (self.seq, self.hash.clone(), self.last_ts);
-        let start_tree = self.tree.clone();
         let mut tx = ProjectionTx::new(&h.projection_ks);
         let mut accepted: Vec<(oneshot::Sender<_>, Vec<Envelope>)> = Vec::new();
         let mut batch = h.db.batch().durability(Some(PersistMode::SyncAll));
@@ -222,7 +221,10 @@ impl Writer {
         let written = tx.drain_into(&mut batch);
         if let Some(tree) = &mut self.tree {
             for (key, tile) in tree.take_writes() {
-                batch.insert(&h.merkle, key, tile);
+                match tile {
+                    Some(t) => batch.insert(&h.merkle, key, t),
+                    None => batch.remove(&h.merkle, key),
+                }
             }
         }
         for p in &self.projections {
@@ -258,7 +260,7 @@ impl Writer {
                 self.seq = start_seq;
                 self.hash = start_hash;
                 self.last_ts = start_ts;
-                self.tree = start_tree;
+                // The tree's edge is read back from disk when the store reopens.
                 self.needs_reopen = true;
                 let msg = format!("event log commit failed: {e}");
                 for (reply, _) in accepted {
