@@ -189,13 +189,9 @@ impl RunningServer {
         if let Err(e) = self.state.auth().flush_failures(true).await {
             tracing::warn!(error = %e, "recording failed authentications at shutdown");
         }
-        // A last checkpoint covers everything, for auditors reading the stopped data dir.
+        // A clean stop leaves the log as it was (`inferno audit checkpoint` signs one of the
+        // stopped data dir's head when asked).
         self.stop_checkpoints.cancel();
-        if !self.state.store().is_read_only() {
-            if let Err(e) = self.state.checkpoints().current().await {
-                tracing::warn!(error = %e, "signing the last checkpoint at shutdown");
-            }
-        }
         // Its JetStream follower keeps its cursor in the store.
         if let Some(nats) = self.state.nats() {
             nats.shutdown().await;

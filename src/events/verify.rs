@@ -3,7 +3,7 @@
 
 use super::envelope::GENESIS_HASH;
 use super::error::EventError;
-use super::merkle::{leaf_hash, read_tile, Hash, MemoryTree, Tree};
+use super::merkle::{leaf_hash, read_tile, Hash, MemoryTree, Tree, TreeEdge};
 use super::raw::RawEnvelope;
 use super::store::{key_seq, seq_key, Handles};
 
@@ -189,7 +189,18 @@ impl Handles {
 impl Handles {
     /// Compares the stored tree with the events' leaves (in seq order, from 1): every
     /// level-0 tile entry, then the root its upper levels give.
+    ///
+    /// A tree that covers fewer events (a log from before the tree, not opened by a server
+    /// since) is checked as far as it goes; the server builds the rest at its next start.
     fn check_tree(&self, leaves: &[Hash]) -> Option<(u64, &'static str)> {
+        let stored = match TreeEdge::load(&self.merkle) {
+            Ok(edge) => edge.size(),
+            Err(_) => return Some((1, "tree leaf mismatch")),
+        };
+        if stored > leaves.len() as u64 {
+            return Some((leaves.len() as u64 + 1, "tree leaf mismatch"));
+        }
+        let leaves = &leaves[..stored as usize];
         for (i, chunk) in leaves.chunks(256).enumerate() {
             let first = i as u64 * 256 + 1;
             let Ok(tile) = read_tile(&self.merkle, 0, i as u64) else {
