@@ -162,6 +162,19 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// `inferno audit verify-export FILE --checkpoint CP --public-key KEY`.
+fn verify_export_args<'a>(file: &'a str, cp: &'a str, key: &'a str) -> [&'a str; 7] {
+    [
+        "audit",
+        "verify-export",
+        file,
+        "--checkpoint",
+        cp,
+        "--public-key",
+        key,
+    ]
+}
+
 fn cli_ok(args: &[&str]) -> String {
     let out = run_cli(args);
     assert!(
@@ -262,16 +275,8 @@ async fn verify_export_and_state_at_offline() {
     let cp = write(dir, "cp.txt", &note);
     let key_file = write(dir, "key.pub", &vkey);
     let file = write(dir, "export.ndjson", &export);
-    let report: Value = serde_json::from_str(&cli_ok(&[
-        "audit",
-        "verify-export",
-        &file,
-        "--checkpoint",
-        &cp,
-        "--public-key",
-        &key_file,
-    ]))
-    .unwrap();
+    let report: Value =
+        serde_json::from_str(&cli_ok(&verify_export_args(&file, &cp, &key_file))).unwrap();
     let lines: Vec<&str> = export.lines().collect();
     assert_eq!(report["events"], lines.len());
     assert_eq!(report["recorded_checkpoints"], 1, "{report}");
@@ -293,15 +298,7 @@ async fn verify_export_and_state_at_offline() {
 
     let verify = |lines: &[String]| -> String {
         let f = write(dir, "bad.ndjson", &(lines.join("\n") + "\n"));
-        cli_err(&[
-            "audit",
-            "verify-export",
-            &f,
-            "--checkpoint",
-            &cp,
-            "--public-key",
-            &key_file,
-        ])
+        cli_err(&verify_export_args(&f, &cp, &key_file))
     };
     let owned: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
     // A changed event.
@@ -323,15 +320,7 @@ async fn verify_export_and_state_at_offline() {
     // Another key.
     let (_, other) = inferno::audit::checkpoint::generate_key("inferno/other").unwrap();
     let other = write(dir, "other.pub", &other);
-    let err = cli_err(&[
-        "audit",
-        "verify-export",
-        &file,
-        "--checkpoint",
-        &cp,
-        "--public-key",
-        &other,
-    ]);
+    let err = cli_err(&verify_export_args(&file, &cp, &other));
     assert!(err.contains("signature"), "{err}");
 }
 
