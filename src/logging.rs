@@ -2,12 +2,13 @@
 //! passed through [`crate::audit::redact`] before it is written.
 
 use std::io::{self, Write};
+use std::sync::OnceLock;
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::audit::redact::redact;
 use crate::config::LoggingConfig;
@@ -73,16 +74,37 @@ where
     }
 }
 
+type FilterHandle = reload::Handle<EnvFilter, Registry>;
+
+/// Set by [`init`]; [`set_level`] changes the filter through it.
+static FILTER: OnceLock<FilterHandle> = OnceLock::new();
+
+/// The filter for `level`. async-nats logs each reconnect attempt at info; `nats` logs
+/// each change of the connection's state once, so its lines are only shown from warn
+/// unless asked for.
+fn filter(level: &str) -> Result<EnvFilter, String> {
+    let level = if level.contains("async_nats") {
+        level.to_string()
+    } else {
+        format!("{level},async_nats=warn")
+    };
+    EnvFilter::try_new(&level).map_err(|e| e.to_string())
+}
+
+/// `[logging] level` changed live (`PATCH /api/v1/config`). Without a subscriber from
+/// [`init`] (a server embedded in tests) there is nothing to change.
+pub fn set_level(level: &str) -> Result<(), String> {
+    let filter = filter(level)?;
+    match FILTER.get() {
+        Some(handle) => handle.reload(filter).map_err(|e| e.to_string()),
+        None => Ok(()),
+    }
+}
+
 /// Installs the global subscriber; keep the returned guard alive so the file writer flushes.
 pub fn init(cfg: &LoggingConfig) -> Option<WorkerGuard> {
-    // async-nats logs each reconnect attempt at info; `nats` logs each change of the
-    // connection's state once, so its lines are only shown from warn unless asked for.
-    let level = if cfg.level.contains("async_nats") {
-        cfg.level.clone()
-    } else {
-        format!("{},async_nats=warn", cfg.level)
-    };
-    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = filter(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
     let json = cfg.format == "json";
     let stderr = layer(json, io::stderr, false);
     let (file, guard) = match &cfg.dir {
@@ -93,10 +115,14 @@ pub fn init(cfg: &LoggingConfig) -> Option<WorkerGuard> {
         }
         None => (None, None),
     };
-    let _ = tracing_subscriber::registry()
+    if tracing_subscriber::registry()
         .with(filter)
         .with(stderr)
         .with(file)
-        .try_init();
+        .try_init()
+        .is_ok()
+    {
+        let _ = FILTER.set(handle);
+    }
     guard
 }

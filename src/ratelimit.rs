@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -58,7 +59,8 @@ fn ceil_secs(d: Duration) -> u64 {
 /// limiter such as governor's cannot say whether the next attempt would pass without
 /// spending it, and attempts must be refused before they are checked.)
 struct FailureBudget {
-    per_minute: usize,
+    /// Changes live (`PATCH /api/v1/config`).
+    per_minute: AtomicUsize,
     recent: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
@@ -73,7 +75,7 @@ fn trim(q: &mut VecDeque<Instant>, now: Instant) {
 impl FailureBudget {
     fn new(per_minute_n: u32) -> Self {
         Self {
-            per_minute: per_minute_n.max(1) as usize,
+            per_minute: AtomicUsize::new(per_minute_n.max(1) as usize),
             recent: Mutex::new(HashMap::new()),
         }
     }
@@ -84,7 +86,7 @@ impl FailureBudget {
         let q = map.get_mut(key)?;
         let now = Instant::now();
         trim(q, now);
-        if q.len() < self.per_minute {
+        if q.len() < self.per_minute() {
             return None;
         }
         let oldest = *q.front()?;
@@ -97,9 +99,18 @@ impl FailureBudget {
         let now = Instant::now();
         trim(q, now);
         q.push_back(now);
-        if q.len() > self.per_minute {
+        if q.len() > self.per_minute() {
             q.pop_front();
         }
+    }
+
+    fn per_minute(&self) -> usize {
+        self.per_minute.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, per_minute_n: u32) {
+        self.per_minute
+            .store(per_minute_n.max(1) as usize, Ordering::Relaxed);
     }
 
     fn prune(&self) {
@@ -119,7 +130,9 @@ impl FailureBudget {
 const LOGIN_IP_FACTOR: u32 = 5;
 
 pub struct RateLimits {
-    default_per_minute: u32,
+    /// Changes live (`PATCH /api/v1/config`); a principal's limiter for the old value is
+    /// left unused and pruned.
+    default_per_minute: AtomicU32,
     /// Each principal's limiter per limit (a key whose limit changes gets a fresh one) and
     /// when it was last used (idle ones are pruned). Keyed by the principal alone, so that
     /// the lookup of every request borrows the key instead of allocating one.
@@ -139,13 +152,28 @@ impl RateLimits {
         failed_auth_per_minute: u32,
     ) -> Self {
         Self {
-            default_per_minute: default_per_minute.max(1),
+            default_per_minute: AtomicU32::new(default_per_minute.max(1)),
             principals: Mutex::new(HashMap::new()),
             login_pair: FailureBudget::new(login_per_minute),
             login_ip: FailureBudget::new(login_per_minute.saturating_mul(LOGIN_IP_FACTOR)),
             auth_ip: FailureBudget::new(failed_auth_per_minute),
             clock: DefaultClock::default(),
         }
+    }
+
+    /// New limits, from the next request on (arguments as for [`RateLimits::new`]).
+    pub fn set_limits(
+        &self,
+        default_per_minute: u32,
+        login_per_minute: u32,
+        failed_auth_per_minute: u32,
+    ) {
+        self.default_per_minute
+            .store(default_per_minute.max(1), Ordering::Relaxed);
+        self.login_pair.set(login_per_minute);
+        self.login_ip
+            .set(login_per_minute.saturating_mul(LOGIN_IP_FACTOR));
+        self.auth_ip.set(failed_auth_per_minute);
     }
 
     /// Counts one request for `key`, with `override_per_minute` replacing the default.
@@ -155,7 +183,7 @@ impl RateLimits {
         override_per_minute: Option<u32>,
     ) -> Result<RateStatus, Limited> {
         let limit = override_per_minute
-            .unwrap_or(self.default_per_minute)
+            .unwrap_or_else(|| self.default_per_minute.load(Ordering::Relaxed))
             .max(1);
         let limiter = {
             let now = Instant::now();

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::audit::checkpoint::CheckpointSigner;
 use crate::audit::checkpointer::Checkpointer;
 use crate::auth::AuthService;
+use crate::config::live::LiveConfig;
 use crate::config::Config;
 use crate::events::{EventStore, StoreOptions};
 use crate::inference::catalog::Catalog;
@@ -27,7 +28,8 @@ use crate::ratelimit::RateLimits;
 use crate::stream::{StreamHub, StreamSettings};
 
 struct Inner {
-    config: Arc<Config>,
+    /// The effective configuration; some of it changes live (`PATCH /api/v1/config`).
+    config: LiveConfig,
     ready: AtomicBool,
     store: EventStore,
     auth: Arc<AuthService>,
@@ -77,8 +79,37 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The effective configuration now (file ▸ env ▸ runtime changes).
     pub fn config(&self) -> Arc<Config> {
-        self.inner.config.clone()
+        self.inner.config.get()
+    }
+
+    /// The configuration that can change live, and its history of changes.
+    pub fn live_config(&self) -> &LiveConfig {
+        &self.inner.config
+    }
+
+    /// Pushes the live settings of `config` into the parts that keep their own copy (the
+    /// rest read [`AppState::config`] per request).
+    pub fn apply_live(&self, config: &Config) {
+        let i = &self.inner;
+        i.limits.set_limits(
+            config.limits.requests_per_minute,
+            config.auth.login_attempts_per_minute,
+            config.auth.failed_auth_per_minute,
+        );
+        i.auth
+            .set_default_rate_limit(config.limits.requests_per_minute);
+        i.runner
+            .set_limits(config.limits.max_prompt_chars, config.audit.record_content);
+        i.queue.set_limits(
+            config.queue.max_depth,
+            config.queue.max_queued_per_principal,
+            config.audit.record_content,
+        );
+        if let Err(e) = crate::logging::set_level(&config.logging.level) {
+            tracing::warn!(error = %e, "changing the log level");
+        }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -269,6 +300,16 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         },
     )
     .with_context(|| format!("opening the event log in {}", data_dir.display()))?;
+    // Settings changed at run time (`config.changed` events) lie over the file and env.
+    let live = LiveConfig::new(
+        config,
+        crate::events::projections::config::get_all(&store)
+            .context("reading the runtime configuration")?,
+    );
+    let config = (*live.get()).clone();
+    if let Err(e) = crate::logging::set_level(&config.logging.level) {
+        tracing::warn!(error = %e, "setting the log level");
+    }
     let signer = CheckpointSigner::load(
         config.audit.signing_key.as_deref(),
         &data_dir,
@@ -342,7 +383,7 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
     }
     let state = AppState {
         inner: Arc::new(Inner {
-            config: Arc::new(config.clone()),
+            config: live,
             ready: AtomicBool::new(false),
             store,
             auth,

@@ -83,6 +83,7 @@ proptest! {
                 .map(|(i, v)| {
                     Event::ConfigChanged(ConfigChanged {
                         key: format!("key-{i}"),
+                        old: serde_json::Value::Null,
                         value: v.clone(),
                     })
                 })
@@ -127,6 +128,7 @@ fn the_readme_recipe_refuses_a_changed_export() {
         for v in [json!({"a": 27.074626000000002}), json!({"b": "x"})] {
             let event = Event::ConfigChanged(ConfigChanged {
                 key: "k".into(),
+                old: serde_json::Value::Null,
                 value: v,
             });
             store
@@ -163,6 +165,7 @@ fn payloads_nested_deeper_than_verification_reads_are_refused_at_append() {
             async move {
                 let event = Event::ConfigChanged(ConfigChanged {
                     key: "deep".into(),
+                    old: serde_json::Value::Null,
                     value: nested(depth),
                 });
                 store.append(&EventContext::system(), vec![event]).await

@@ -168,6 +168,7 @@ async fn mixed_workload(store: &EventStore) {
                 }),
                 Event::ConfigChanged(ConfigChanged {
                     key: "limits.max_prompt_chars".into(),
+                    old: serde_json::Value::Null,
                     value: json!(20000),
                 }),
             ],
@@ -985,6 +986,15 @@ fn old_versions_with_floats_hashes_or_single_failures_are_upcast() {
     let failed = json!({"credential": "jwt", "key_id": null, "reason": "malformed token"});
     match Event::decode("auth.authentication_failed", 1, failed).unwrap() {
         Event::AuthenticationFailed(e) => assert_eq!((e.count, e.throttled), (1, 0)),
+        other => panic!("{other:?}"),
+    }
+    // v1 did not record the replaced value.
+    let changed = json!({"key": "limits.max_prompt_chars", "value": 20000});
+    match Event::decode("config.changed", 1, changed).unwrap() {
+        Event::ConfigChanged(e) => {
+            assert_eq!(e.key, "limits.max_prompt_chars");
+            assert_eq!((e.old, e.value), (Value::Null, json!(20000)));
+        }
         other => panic!("{other:?}"),
     }
 }

@@ -379,6 +379,21 @@ fn rows() -> Vec<Row> {
             Some("read_metrics"),
             None,
         ),
+        // runtime configuration
+        r(
+            "get",
+            "/api/v1/config",
+            "/api/v1/config",
+            Some("write_config"),
+            None,
+        ),
+        r(
+            "patch",
+            "/api/v1/config",
+            "/api/v1/config",
+            Some("write_config"),
+            Some(json!({"limits": {"requests_per_minute": 10_000}})),
+        ),
     ];
     // The documented outcome of each row's input, in the same order.
     let expected: &[(u16, &'static [&'static str])] = &[
@@ -429,6 +444,8 @@ fn rows() -> Vec<Row> {
         (200, &[]), // pause, resume
         (200, &[]),
         (200, &[]), // the Prometheus exposition and its JSON summary
+        (200, &[]),
+        (200, &[]), // the configuration, and a patch that keeps the test's rate limit
         (200, &[]),
     ];
     assert_eq!(rows.len(), expected.len());

@@ -5,6 +5,7 @@
 
 mod audit;
 mod auth;
+mod config;
 pub mod conn;
 pub mod error;
 mod health;
@@ -24,7 +25,12 @@ pub mod tls;
 mod transparency;
 mod users;
 
-use poem::middleware::Cors;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use poem::endpoint::BoxEndpoint;
+use poem::middleware::{Cors, CorsEndpoint};
+use poem::Middleware;
 use poem::{Endpoint, EndpointExt, Route};
 use poem_openapi::{OpenApiService, Tags};
 
@@ -71,6 +77,8 @@ pub enum ApiTags {
     OpenAi,
     /// Prometheus metrics and their JSON summary.
     Metrics,
+    /// The effective configuration, and the settings that change live.
+    Config,
 }
 
 /// Every resource of the API, in one tuple.
@@ -87,6 +95,7 @@ pub type Apis = (
     queue::QueueApi,
     openai::OpenAiApi,
     metrics::MetricsApi,
+    config::ConfigApi,
 );
 
 fn apis() -> Apis {
@@ -103,6 +112,7 @@ fn apis() -> Apis {
         queue::QueueApi,
         openai::OpenAiApi,
         metrics::MetricsApi,
+        config::ConfigApi,
     )
 }
 
@@ -146,29 +156,69 @@ fn cors(cfg: &Config) -> Option<Cors> {
 
 /// The whole application endpoint.
 pub fn app(state: AppState) -> impl Endpoint + 'static {
-    let cfg = state.config();
     let service = api_service();
     let spec = service.spec_endpoint();
     let docs = service.swagger_ui();
-    let limits = BodyLimits {
-        default: cfg.server.max_body_bytes,
-        upload: cfg.models.max_upload_bytes,
-    };
+    // Body limits and CORS follow live changes of the configuration.
+    let limits_state = state.clone();
     let routes = Route::new()
         .at("/api/v1/openapi.json", spec)
         .nest("/docs", docs)
         .nest("/", service)
         .around(security::authenticate)
-        .around(move |ep, req| middleware::limit_body(ep, req, limits))
-        .catch_all_error(|e| async move { error_response(e) });
-    let cors = cors(&cfg);
-    let with_cors: poem::endpoint::BoxEndpoint<'static> = match cors {
-        Some(c) => routes.with(c).boxed(),
-        None => routes.boxed(),
-    };
-    with_cors
+        .around(move |ep, req| {
+            let cfg = limits_state.config();
+            let limits = BodyLimits {
+                default: cfg.server.max_body_bytes,
+                upload: cfg.models.max_upload_bytes,
+            };
+            middleware::limit_body(ep, req, limits)
+        })
+        .catch_all_error(|e| async move { error_response(e) })
+        .boxed();
+    LiveCors::new(routes, state.clone())
         .catch_all_error(|e| async move { error_response(e) })
         .around(openai::compat::compat)
         .around(middleware::observe)
         .data(state)
+}
+
+/// CORS from the configuration as it is now: rebuilt when a `PATCH /api/v1/config` changed
+/// it (poem's [`Cors`] is fixed once built).
+struct LiveCors {
+    inner: Arc<BoxEndpoint<'static>>,
+    state: AppState,
+    /// The configuration generation it was built for, and the endpoint (none: no CORS).
+    built: ArcSwap<(u64, Option<CorsEndpoint<Arc<BoxEndpoint<'static>>>>)>,
+}
+
+impl LiveCors {
+    fn new(inner: BoxEndpoint<'static>, state: AppState) -> Self {
+        let inner = Arc::new(inner);
+        let generation = state.live_config().generation();
+        let cors = cors(&state.config()).map(|c| c.transform(inner.clone()));
+        Self {
+            inner,
+            state,
+            built: ArcSwap::from_pointee((generation, cors)),
+        }
+    }
+}
+
+impl Endpoint for LiveCors {
+    type Output = poem::Response;
+
+    async fn call(&self, req: poem::Request) -> poem::Result<poem::Response> {
+        let generation = self.state.live_config().generation();
+        let mut built = self.built.load_full();
+        if built.0 != generation {
+            let cors = cors(&self.state.config()).map(|c| c.transform(self.inner.clone()));
+            built = Arc::new((generation, cors));
+            self.built.store(built.clone());
+        }
+        match &built.1 {
+            Some(cors) => cors.call(req).await,
+            None => self.inner.call(req).await,
+        }
+    }
 }

@@ -109,13 +109,14 @@ impl AuthService {
                     "rate_limit_per_minute must be between 1 and 1000000",
                 ));
             }
-            if limit > self.default_rate_limit && !manages_users {
+            let default_rate_limit = self.default_rate_limit();
+            if limit > default_rate_limit && !manages_users {
                 return Err(AuthError::Beyond {
                     required: Permission::ManageUsers,
                     message: format!(
                         "rate_limit_per_minute may only lower the owner's limit ({}) \
                          unless the creator holds manage_users",
-                        self.default_rate_limit
+                        default_rate_limit
                     ),
                 });
             }

@@ -89,7 +89,7 @@ pub struct AuthService {
     pub(super) user_lock: tokio::sync::Mutex<()>,
     /// `[limits] requests_per_minute`: the limit of every user; a key may only lower it
     /// unless its creator holds `manage_users`.
-    pub(super) default_rate_limit: u32,
+    pub(super) default_rate_limit: std::sync::atomic::AtomicU32,
     pub(super) max_keys_per_user: u32,
     /// Failed authentications not yet recorded, per client IP.
     pub(super) failures: FailureLog,
@@ -244,7 +244,7 @@ impl AuthService {
             dummy_hash,
             last_used: Mutex::new(HashMap::new()),
             user_lock: tokio::sync::Mutex::new(()),
-            default_rate_limit: default_rate_limit.max(1),
+            default_rate_limit: std::sync::atomic::AtomicU32::new(default_rate_limit.max(1)),
             max_keys_per_user: cfg.max_keys_per_user.max(1),
             failures: FailureLog::new(cfg.failure_event_window_secs),
             verified_jwts: VerifiedCredentials::default(),
@@ -316,5 +316,19 @@ impl AuthService {
         } else {
             Err(AuthError::Forbidden(p))
         }
+    }
+}
+
+impl AuthService {
+    /// `[limits] requests_per_minute` changed live: keys created from now on are checked
+    /// against the new value.
+    pub fn set_default_rate_limit(&self, per_minute: u32) {
+        self.default_rate_limit
+            .store(per_minute.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(super) fn default_rate_limit(&self) -> u32 {
+        self.default_rate_limit
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -53,6 +53,8 @@ impl ConfigArgs {
         let mut cfg = crate::config::Config::load(self.config.as_deref())?;
         if let Some(dir) = &self.data_dir {
             cfg.storage.data_dir = dir.clone();
+            cfg.sources
+                .insert("storage.data_dir".into(), crate::config::Source::Cli);
         }
         Ok(cfg)
     }

@@ -24,6 +24,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = args.common.load()?;
     if let Some(bind) = args.bind {
         cfg.server.bind = bind;
+        cfg.sources
+            .insert("server.bind".into(), crate::config::Source::Cli);
     }
     if let Some(dir) = args.models_dir {
         cfg.models.dir = dir;

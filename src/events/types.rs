@@ -193,6 +193,10 @@ fn upcast(event_type: &str, version: u32, payload: Value) -> Result<Value, Event
             ]);
             obj.insert("timings".into(), Value::Object(timings));
         }
+        // v1 did not record the value it replaced.
+        ("config.changed", 1) => {
+            obj.entry("old").or_insert(Value::Null);
+        }
         // v1 recorded a model's default sampling parameters with float fields.
         ("model.updated", 1) => {
             if let Some(d) = obj.remove("defaults") {
@@ -439,7 +443,9 @@ events! {
     ModelDeleted => "model.deleted" @ 1 { pub model_id: String, pub forced: bool, }
 
     // ---- config, cache, queue ----
-    ConfigChanged => "config.changed" @ 1 { pub key: String, pub value: Value, }
+    /// A runtime setting changed (`PATCH /api/v1/config`). `value` null: back to the
+    /// file/environment value. Version 2 added `old` (v1 payloads upcast to null).
+    ConfigChanged => "config.changed" @ 2 { pub key: String, pub old: Value, pub value: Value, }
     CacheCleared => "cache.cleared" @ 1 { pub scope: String, }
     QueuePaused => "queue.paused" @ 1 { pub reason: Option<String>, }
     QueueResumed => "queue.resumed" @ 1 {}

@@ -3,6 +3,7 @@
 //! impl runs a job's request on the engine for a queue worker. The queue records each
 //! step as `job.*` events.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::catalog::{Catalog, CatalogError, ModelView};
@@ -99,9 +100,10 @@ fn invalid(field: &'static str, message: impl Into<String>) -> InferenceError {
 pub struct Runner {
     engine: Arc<dyn Engine>,
     catalog: Arc<Catalog>,
-    max_prompt_chars: usize,
+    /// Both change live (`PATCH /api/v1/config`).
+    max_prompt_chars: AtomicUsize,
     default_model: Option<String>,
-    record_content: bool,
+    record_content: AtomicBool,
 }
 
 impl Runner {
@@ -115,10 +117,17 @@ impl Runner {
         Self {
             engine,
             catalog,
-            max_prompt_chars,
+            max_prompt_chars: AtomicUsize::new(max_prompt_chars),
             default_model,
-            record_content,
+            record_content: AtomicBool::new(record_content),
         }
+    }
+
+    /// `[limits] max_prompt_chars` and `[audit] record_content`, from the next request on.
+    pub fn set_limits(&self, max_prompt_chars: usize, record_content: bool) {
+        self.max_prompt_chars
+            .store(max_prompt_chars, Ordering::Relaxed);
+        self.record_content.store(record_content, Ordering::Relaxed);
     }
 
     /// Checks the request against the limits, the catalog and the sampling rules.
@@ -133,7 +142,7 @@ impl Runner {
             (None, None) => return Err(invalid("prompt", "prompt or messages is required")),
             (Some(p), None) => {
                 let n = p.chars().count();
-                let rec = ContentRecord::new(&p, self.record_content);
+                let rec = ContentRecord::new(&p, self.record_content());
                 (Prompt::Text(p), n, rec)
             }
             (None, Some(m)) => {
@@ -142,20 +151,18 @@ impl Runner {
                 }
                 let n = m.iter().map(|x| x.content.chars().count()).sum();
                 let text = serde_json::to_string(&m).unwrap_or_default();
-                let rec = ContentRecord::new(&text, self.record_content);
+                let rec = ContentRecord::new(&text, self.record_content());
                 (Prompt::Chat(m), n, rec)
             }
         };
         if chars == 0 {
             return Err(invalid("prompt", "prompt must not be empty"));
         }
-        if chars > self.max_prompt_chars {
+        let max_prompt_chars = self.max_prompt_chars.load(Ordering::Relaxed);
+        if chars > max_prompt_chars {
             return Err(invalid(
                 "prompt",
-                format!(
-                    "prompt exceeds {} characters ({chars} given)",
-                    self.max_prompt_chars
-                ),
+                format!("prompt exceeds {max_prompt_chars} characters ({chars} given)"),
             ));
         }
         let model_name = input
@@ -195,7 +202,7 @@ impl Runner {
     }
 
     pub fn record_content(&self) -> bool {
-        self.record_content
+        self.record_content.load(Ordering::Relaxed)
     }
 }
 

@@ -150,7 +150,7 @@ pub(super) async fn run_job(
             retryable: false,
         }),
     };
-    let record_content = queue.settings().record_content;
+    let record_content = queue.record_content();
     let mut side = Vec::new();
     let mut retry = None;
     let (event, text, completion, error, outcome) = match result {

@@ -1,4 +1,5 @@
-//! Runtime configuration set through the API: key → JSON value.
+//! Runtime configuration set through the API: key → JSON value (a key set back to its
+//! file/environment value is absent).
 
 use super::*;
 use serde_json::Value;
@@ -24,7 +25,11 @@ impl Projection for ConfigProjection {
         event: &Event,
     ) -> Result<(), EventError> {
         if let Event::ConfigChanged(e) = event {
-            tx.put_json(KS, e.key.as_bytes(), &e.value)?;
+            if e.value.is_null() {
+                tx.delete(KS, e.key.as_bytes().to_vec())?;
+            } else {
+                tx.put_json(KS, e.key.as_bytes(), &e.value)?;
+            }
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 //! refused job leaves nothing behind.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -141,9 +142,19 @@ impl State {
     }
 }
 
+/// The settings that change live (`PATCH /api/v1/config`); [`QueueSettings`] holds their
+/// values at start-up.
+#[derive(Debug, Default)]
+pub(super) struct LiveLimits {
+    max_depth: AtomicUsize,
+    max_queued_per_principal: AtomicUsize,
+    record_content: AtomicBool,
+}
+
 pub struct EmbeddedQueue {
     pub(super) store: EventStore,
     pub(super) settings: QueueSettings,
+    pub(super) live: LiveLimits,
     pub(super) state: Mutex<State>,
     pub(super) payloads: Mutex<HashMap<String, Arc<JobRequest>>>,
     pub(super) streams: Arc<StreamHub>,
@@ -210,9 +221,15 @@ impl EmbeddedQueue {
                 state.insert_ready(&j);
             }
         }
+        let live = LiveLimits {
+            max_depth: AtomicUsize::new(settings.max_depth),
+            max_queued_per_principal: AtomicUsize::new(settings.max_queued_per_principal),
+            record_content: AtomicBool::new(settings.record_content),
+        };
         Ok(Arc::new(EmbeddedQueue {
             store,
             settings,
+            live,
             state: Mutex::new(state),
             payloads: Mutex::new(HashMap::new()),
             streams,
@@ -225,8 +242,40 @@ impl EmbeddedQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The settings at start-up; see [`EmbeddedQueue::max_depth`] and friends for those
+    /// that change live.
     pub fn settings(&self) -> &QueueSettings {
         &self.settings
+    }
+
+    /// `[queue] max_depth`, `max_queued_per_principal` and `[audit] record_content`
+    /// changed live: they hold from the next job on.
+    pub fn set_limits(
+        &self,
+        max_depth: usize,
+        max_queued_per_principal: usize,
+        record_content: bool,
+    ) {
+        self.live.max_depth.store(max_depth, Ordering::Relaxed);
+        self.live
+            .max_queued_per_principal
+            .store(max_queued_per_principal, Ordering::Relaxed);
+        self.live
+            .record_content
+            .store(record_content, Ordering::Relaxed);
+    }
+
+    pub fn max_depth(&self) -> usize {
+        self.live.max_depth.load(Ordering::Relaxed)
+    }
+
+    pub fn max_queued_per_principal(&self) -> usize {
+        self.live.max_queued_per_principal.load(Ordering::Relaxed)
+    }
+
+    /// Whether outputs' text goes into `job.completed`.
+    pub fn record_content(&self) -> bool {
+        self.live.record_content.load(Ordering::Relaxed)
     }
 
     pub fn store(&self) -> &EventStore {
@@ -407,7 +456,7 @@ impl EmbeddedQueue {
 
     fn retry_after_full(&self) -> QueueError {
         QueueError::Full {
-            max_depth: self.settings.max_depth,
+            max_depth: self.max_depth(),
         }
     }
 
@@ -417,14 +466,13 @@ impl EmbeddedQueue {
         if s.draining {
             return Err(QueueError::ShuttingDown);
         }
-        if s.depth() >= self.settings.max_depth {
+        if s.depth() >= self.max_depth() {
             return Err(self.retry_after_full());
         }
         let owned = s.queued_by_owner.get(owner).copied().unwrap_or_default();
-        if owned >= self.settings.max_queued_per_principal {
-            return Err(QueueError::OwnerCap {
-                cap: self.settings.max_queued_per_principal,
-            });
+        let cap = self.max_queued_per_principal();
+        if owned >= cap {
+            return Err(QueueError::OwnerCap { cap });
         }
         if let Some(d) = idem {
             if !s.idempotency_in_flight.insert(d.to_string()) {

@@ -310,7 +310,7 @@ impl JobQueue for EmbeddedQueue {
             completed_last_minute: s.recent.len() as u64,
             tokens_last_minute: s.recent.iter().map(|(_, t)| t).sum(),
             paused: s.paused,
-            max_depth: self.settings.max_depth,
+            max_depth: self.max_depth(),
         })
     }
 }

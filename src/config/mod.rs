@@ -3,7 +3,14 @@
 //!
 //! Unknown keys are an error that names the key. Secrets are wrapped in [`Secret`], whose
 //! `Debug` and `Display` print `***`, so a config dump never leaks them.
+//!
+//! Some settings can also change while the server runs (`PATCH /api/v1/config`): see
+//! [`live`], which records each change in the event log and replays it over the file and
+//! environment at start-up.
 
+pub mod live;
+
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -55,6 +62,35 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub audit: AuditConfig,
     pub metrics: MetricsConfig,
+    /// Where each value came from (`file` or `env`; absent keys are defaults). Filled by
+    /// [`Config::load`]; not configuration itself.
+    #[serde(skip)]
+    pub sources: BTreeMap<String, Source>,
+}
+
+/// Where an effective setting came from, lowest precedence first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Default,
+    File,
+    Env,
+    /// A command-line flag (`--bind`, `--data-dir`).
+    Cli,
+    /// `PATCH /api/v1/config`, replayed from the event log at start-up.
+    Runtime,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::File => "file",
+            Source::Env => "env",
+            Source::Cli => "cli",
+            Source::Runtime => "runtime",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -389,12 +425,31 @@ impl Config {
             .filter(|(k, _)| k.starts_with("INFERNO_") && k.contains("__"))
             .collect();
         figment = figment.merge(EnvVars(vars));
-        let config: Config = figment.extract().map_err(describe)?;
+        let mut config: Config = figment.extract().map_err(describe)?;
         config.validate()?;
+        config.sources = live::leaves(&config)
+            .into_keys()
+            .filter_map(|key| {
+                let meta = figment.find_metadata(&key)?;
+                let source = if meta.name == ENV_PROVIDER {
+                    Source::Env
+                } else if matches!(meta.source, Some(figment::Source::File(_))) {
+                    Source::File
+                } else {
+                    return None;
+                };
+                Some((key, source))
+            })
+            .collect();
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Where `key` (dotted, e.g. `limits.requests_per_minute`) came from.
+    pub fn source_of(&self, key: &str) -> Source {
+        self.sources.get(key).copied().unwrap_or(Source::Default)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.bind_addr()?;
         self.metrics_public_addr()?;
         if !matches!(self.logging.format.as_str(), "text" | "json") {
@@ -469,6 +524,42 @@ impl Config {
                 ));
             }
         }
+        for (key, value) in [
+            (
+                "limits.requests_per_minute",
+                self.limits.requests_per_minute as u64,
+            ),
+            (
+                "limits.max_prompt_chars",
+                self.limits.max_prompt_chars as u64,
+            ),
+            (
+                "auth.login_attempts_per_minute",
+                self.auth.login_attempts_per_minute as u64,
+            ),
+            (
+                "auth.failed_auth_per_minute",
+                self.auth.failed_auth_per_minute as u64,
+            ),
+            ("models.max_upload_bytes", self.models.max_upload_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "logging.level must be a tracing filter such as \"info\" or \"inferno=debug,info\", not {:?}",
+                self.logging.level
+            )));
+        }
+        for origin in &self.server.cors_origins {
+            if !valid_origin(origin) {
+                return Err(ConfigError::Invalid(format!(
+                    "server.cors_origins: {origin:?} is not an origin such as https://app.example.com"
+                )));
+            }
+        }
         if self.server.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "server.max_body_bytes must be at least 1".into(),
@@ -514,6 +605,16 @@ impl Config {
     }
 }
 
+/// `scheme://host[:port]` with nothing after it (what browsers send in `Origin`).
+fn valid_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', ' ', '@'])
+}
+
 fn mask(value: &mut toml::Value, paths: &[(&str, &str)]) {
     for (section, key) in paths {
         if let Some(v) = value.get_mut(*section).and_then(|t| t.get_mut(*key)) {
@@ -522,13 +623,15 @@ fn mask(value: &mut toml::Value, paths: &[(&str, &str)]) {
     }
 }
 
+const ENV_PROVIDER: &str = "INFERNO_ environment variable";
+
 /// Environment provider over an explicit list of variables (so tests need not touch the
 /// process environment), with figment's `__` nesting and lower-cased keys.
 struct EnvVars(Vec<(String, String)>);
 
 impl figment::Provider for EnvVars {
     fn metadata(&self) -> figment::Metadata {
-        figment::Metadata::named("INFERNO_ environment variable")
+        figment::Metadata::named(ENV_PROVIDER)
     }
 
     fn data(
