@@ -416,6 +416,16 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         }
         None => (tcp.boxed(), false),
     };
+    // Slow or oversized request heads and idle keep-alive connections are cut off.
+    let acceptor = crate::api::guard::GuardedAcceptor::new(
+        acceptor,
+        crate::api::guard::GuardLimits {
+            header_timeout: Duration::from_secs(config.server.header_timeout_secs),
+            idle_timeout: Duration::from_secs(config.server.idle_timeout_secs),
+            max_header_bytes: config.server.max_header_bytes,
+            max_headers: config.server.max_headers,
+        },
+    );
 
     let (public_metrics, metrics_addr) = match metrics_addr {
         Some(a) => {

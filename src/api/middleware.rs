@@ -148,6 +148,8 @@ pub struct RequestId(pub String);
 pub struct BodyLimits {
     pub default: u64,
     pub upload: u64,
+    /// Longest wait for the next chunk of the body.
+    pub chunk_timeout: std::time::Duration,
 }
 
 impl BodyLimits {
@@ -177,7 +179,25 @@ pub async fn limit_body<E: Endpoint>(
     let exceeded = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(AtomicU64::new(0));
     let flag = exceeded.clone();
-    let body = req.take_body().into_bytes_stream().map(move |chunk| {
+    let timeout = limits.chunk_timeout;
+    let stalled = Arc::new(AtomicBool::new(false));
+    let stalled_flag = stalled.clone();
+    let chunks = Box::pin(req.take_body().into_bytes_stream());
+    let chunks = futures::stream::unfold(Some(chunks), move |chunks| {
+        let stalled = stalled_flag.clone();
+        async move {
+            let mut chunks = chunks?;
+            match tokio::time::timeout(timeout, chunks.next()).await {
+                Ok(Some(item)) => Some((item, Some(chunks))),
+                Ok(None) => None,
+                Err(_) => {
+                    stalled.store(true, Ordering::Relaxed);
+                    Some((Err(std::io::Error::other("request body stalled")), None))
+                }
+            }
+        }
+    });
+    let body = chunks.map(move |chunk| {
         let chunk = chunk?;
         let total = seen.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
         if total > limit {
@@ -193,6 +213,16 @@ pub async fn limit_body<E: Endpoint>(
     };
     if exceeded.load(Ordering::Relaxed) {
         return Ok(ApiError::too_large(limit).into_response());
+    }
+    if stalled.load(Ordering::Relaxed) {
+        return Ok(ApiError::new(
+            poem::http::StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body stalled: no data for {} s",
+                timeout.as_secs()
+            ),
+        )
+        .into_response());
     }
     Ok(resp)
 }

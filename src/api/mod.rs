@@ -8,6 +8,7 @@ mod auth;
 mod config;
 pub mod conn;
 pub mod error;
+pub mod guard;
 mod health;
 mod inference;
 mod jobs;
@@ -171,6 +172,7 @@ pub fn app(state: AppState) -> impl Endpoint + 'static {
             let limits = BodyLimits {
                 default: cfg.server.max_body_bytes,
                 upload: cfg.models.max_upload_bytes,
+                chunk_timeout: std::time::Duration::from_secs(cfg.server.body_timeout_secs),
             };
             middleware::limit_body(ep, req, limits)
         })

@@ -105,6 +105,17 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     /// How long in-flight requests may run after SIGINT/SIGTERM before the server exits.
     pub shutdown_timeout_secs: u64,
+    /// A request head (line and headers) must arrive within this many seconds of its
+    /// first byte (of the accept, on a new connection); else 408 and the connection closes.
+    pub header_timeout_secs: u64,
+    /// A connection silent this long after the server's last response is closed.
+    pub idle_timeout_secs: u64,
+    /// Longest wait for the next chunk of a request body before the request fails (408).
+    pub body_timeout_secs: u64,
+    /// Largest request head in bytes; beyond it 431 and the connection closes.
+    pub max_header_bytes: usize,
+    /// Most header lines in a request head (hyper's own limit is 100).
+    pub max_headers: usize,
     /// Absent means plain HTTP.
     pub tls: Option<TlsConfig>,
 }
@@ -122,6 +133,11 @@ impl Default for ServerConfig {
             ],
             max_body_bytes: 10 * 1024 * 1024,
             shutdown_timeout_secs: 30,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            body_timeout_secs: 30,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
             tls: None,
         }
     }
@@ -559,6 +575,18 @@ impl Config {
                     "server.cors_origins: {origin:?} is not an origin such as https://app.example.com"
                 )));
             }
+        }
+        if self.server.header_timeout_secs == 0
+            || self.server.idle_timeout_secs == 0
+            || self.server.body_timeout_secs == 0
+            || self.server.max_header_bytes < 1024
+            || !(1..=100).contains(&self.server.max_headers)
+        {
+            return Err(ConfigError::Invalid(
+                "server.header_timeout_secs, idle_timeout_secs and body_timeout_secs must be at \
+                 least 1, server.max_header_bytes at least 1024, server.max_headers 1 to 100"
+                    .into(),
+            ));
         }
         if self.server.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(
