@@ -70,6 +70,7 @@ impl<A: Acceptor> Acceptor for GuardedAcceptor<A> {
             timer: Box::pin(tokio::time::sleep(limits.header_timeout)),
             first: true,
             expect_continue: false,
+            last_write: Instant::now(),
             reply: None,
         };
         Ok((io, local, remote, scheme))
@@ -128,6 +129,9 @@ pub struct GuardedIo<IO> {
     timer: Pin<Box<Sleep>>,
     first: bool,
     expect_continue: bool,
+    /// The server's last write while [`Phase::Idle`]: the idle timer is moved to it only
+    /// when it fires, not on every write.
+    last_write: Instant,
     /// Our error response being written before the connection closes.
     reply: Option<(Vec<u8>, usize)>,
 }
@@ -240,6 +244,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<IO> {
             Poll::Pending => {
                 let timed = matches!(this.phase, Phase::Head(_) | Phase::Idle);
                 if timed && this.timer.as_mut().poll(cx).is_ready() {
+                    if matches!(this.phase, Phase::Idle) {
+                        let deadline = this.last_write + this.limits.idle_timeout;
+                        if deadline > Instant::now() {
+                            // The server wrote since the timer was set: wait from there.
+                            this.timer.as_mut().reset(deadline);
+                            let _ = this.timer.as_mut().poll(cx);
+                            return Poll::Pending;
+                        }
+                    }
                     let started = matches!(&this.phase, Phase::Head(h) if h.bytes > 0);
                     if started {
                         let reply = timed_out(&this.limits);
@@ -254,10 +267,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<IO> {
             }
             other => return other,
         }
-        let read = buf.filled()[before..].to_vec();
-        if read.is_empty() {
+        if buf.filled().len() == before || matches!(this.phase, Phase::Request | Phase::Pass) {
             return Poll::Ready(Ok(()));
         }
+        let read = &buf.filled()[before..];
         if matches!(this.phase, Phase::Idle) {
             // A new request begins: its head has header_timeout from now.
             this.phase = Phase::Head(Head::new());
@@ -271,7 +284,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<IO> {
                 return Poll::Ready(Ok(()));
             }
         }
-        match this.scan(&read) {
+        match this.scan(read) {
             Scan::More => {}
             Scan::Done => {
                 if let Phase::Head(h) = &this.phase {
@@ -298,15 +311,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<IO> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if matches!(this.phase, Phase::Request | Phase::Idle) {
-            if this.expect_continue && data.starts_with(b"HTTP/1.1 100") {
+        match this.phase {
+            Phase::Request if this.expect_continue && data.starts_with(b"HTTP/1.1 100") => {
                 // The body follows the interim response: still the same request.
                 this.expect_continue = false;
-            } else {
-                this.phase = Phase::Idle;
-                let deadline = Instant::now() + this.limits.idle_timeout;
-                this.timer.as_mut().reset(deadline);
             }
+            Phase::Request => {
+                this.phase = Phase::Idle;
+                this.last_write = Instant::now();
+                this.timer
+                    .as_mut()
+                    .reset(this.last_write + this.limits.idle_timeout);
+            }
+            Phase::Idle => this.last_write = Instant::now(),
+            _ => {}
         }
         Pin::new(&mut this.io).poll_write(cx, data)
     }
@@ -337,6 +355,7 @@ mod tests {
             timer: Box::pin(tokio::time::sleep(Duration::from_secs(1))),
             first: true,
             expect_continue: false,
+            last_write: Instant::now(),
             reply: None,
         }
     }

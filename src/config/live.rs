@@ -171,6 +171,8 @@ impl LiveConfig {
     /// A stored key that is no longer live or no longer valid is skipped with a warning.
     pub fn new(base: Config, stored: BTreeMap<String, Value>) -> Self {
         let mut overrides = BTreeMap::new();
+        // The configuration with every override accepted so far.
+        let mut current = None;
         for (key, value) in stored {
             if value.is_null() {
                 continue;
@@ -185,11 +187,14 @@ impl LiveConfig {
             let mut candidate = overrides.clone();
             candidate.insert(key.clone(), value);
             match rebuild(&base, &candidate) {
-                Ok(_) => overrides = candidate,
+                Ok(config) => {
+                    overrides = candidate;
+                    current = Some(config);
+                }
                 Err(error) => tracing::warn!(key, error, "ignoring an invalid runtime setting"),
             }
         }
-        let current = rebuild(&base, &overrides).unwrap_or_else(|_| base.clone());
+        let current = current.unwrap_or_else(|| base.clone());
         Self {
             base,
             current: ArcSwap::from_pointee(current),

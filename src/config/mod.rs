@@ -69,8 +69,7 @@ pub struct Config {
 }
 
 /// Where an effective setting came from, lowest precedence first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Default,
     File,
@@ -79,18 +78,6 @@ pub enum Source {
     Cli,
     /// `PATCH /api/v1/config`, replayed from the event log at start-up.
     Runtime,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Default => "default",
-            Source::File => "file",
-            Source::Env => "env",
-            Source::Cli => "cli",
-            Source::Runtime => "runtime",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
