@@ -45,6 +45,7 @@ fn job_events(j: u64) -> Vec<Event> {
                 prompt_us: 3_000,
                 generate_us: 140_000,
                 tokens_per_second_milli: 114_286,
+                cached_tokens: 0,
             },
             output: ContentRecord::new(
                 "Old keyspace / a frog jumps into the log / sound of fsync",

@@ -40,6 +40,7 @@ impl Executor for Probe {
                 prompt_tokens: 1,
                 completion_tokens: 1,
                 timings: Timings::default(),
+                cached: false,
             },
         ))
     }
@@ -55,6 +56,7 @@ fn job(i: usize) -> NewJob {
             model: "tiny".into(),
             prompt: StoredPrompt::Text(prompt.clone()),
             params: params.clone(),
+            no_cache: false,
         },
         prompt_record: ContentRecord::new(&prompt, false),
         params_record: params.record(false),

@@ -468,6 +468,8 @@ class LlamaCpp(Server):
             "--ctx",
             str(args.parallel * args.ctx_per_slot),
         ]
+        if getattr(args, "swa_full", False):
+            cmd.append("--swa-full")
         super().__init__(args, workdir, cmd, None, "/health", "llamacpp.log")
 
     def make_client(self):
@@ -482,6 +484,7 @@ def serve_llamacpp(argv):
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--parallel", type=int, required=True)
     p.add_argument("--ctx", type=int, required=True)
+    p.add_argument("--swa-full", action="store_true", help="full-size sliding-window KV cache (prefix reuse on Gemma 3)")
     a = p.parse_args(argv)
     import xllamacpp as xlc  # only this mode needs it
 
@@ -491,6 +494,8 @@ def serve_llamacpp(argv):
     params.n_parallel = a.parallel
     params.cpuparams.n_threads = a.threads
     params.cpuparams_batch.n_threads = a.threads
+    if a.swa_full:
+        params.swa_full = True
     params.hostnames = ["127.0.0.1"]
     params.port = a.port
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))

@@ -11,6 +11,9 @@
 #        ops/bench-inference.sh --stream [extra args for load-tests/bench_stream.py]
 #   --stream: the streaming benchmark instead (SSE vs the JSON path vs llama.cpp's server
 #   streaming, single and 8 concurrent; then 50 SSE consumers of one job, checked for loss)
+#   --prefix: the prompt-prefix cache benchmark instead (TTFT of a ~1,000-token shared system
+#   prompt plus a question, cold and warm, beside llama.cpp's server with cache_prompt: true;
+#   load-tests/bench_prefix_cache.py)
 # env:   BENCH_THREADS (2), BENCH_PARALLEL (8), BENCH_CTX_PER_SLOT (1024), BENCH_MAX_TOKENS (128),
 #        BENCH_XLLAMACPP (wheel: the prebuilt PyPI wheel, AVX2; source: built from the PyPI
 #        sdist with the instruction set Inferno's llama.cpp is built with (ops/build-env.sh),
@@ -97,6 +100,10 @@ common=(
 if [[ "${1:-}" == --stream ]]; then
     shift
     "$VENV/bin/python" load-tests/bench_stream.py "${common[@]}" "$@" &
+elif [[ "${1:-}" == --prefix ]]; then
+    shift
+    "$VENV/bin/python" load-tests/bench_prefix_cache.py --inferno-bin "$CARGO_TARGET_DIR/debug/inferno" \
+        --model "$MODEL" --threads "${BENCH_THREADS:-2}" "$@" &
 else
     "$VENV/bin/python" load-tests/bench_inference.py "${common[@]}" \
         --engine-bench-bin "$CARGO_TARGET_DIR/debug/examples/engine_bench" "$@" &

@@ -22,6 +22,8 @@
 //! - [`audit`]: audit queries over the log; redaction rules for log lines.
 //! - [`logging`]: tracing set-up with redaction on every line.
 //! - [`nats`]: token and job lifecycle publishing to NATS, the log's copy in JetStream.
+//! - [`cache`]: the response cache (answers of deterministic requests, kept in the data
+//!   dir); the prompt-prefix KV cache is the model threads' own.
 //! - [`metrics`]: Prometheus metric families, the process-wide recorder and the helpers
 //!   that record; served by `GET /metrics`.
 #![deny(unsafe_code)]
@@ -29,6 +31,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod events;

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::audit::checkpoint::CheckpointSigner;
 use crate::audit::checkpointer::Checkpointer;
 use crate::auth::AuthService;
+use crate::cache::ResponseCache;
 use crate::config::live::LiveConfig;
 use crate::config::Config;
 use crate::events::{EventStore, StoreOptions};
@@ -44,6 +45,7 @@ struct Inner {
     nats: Option<Nats>,
     /// Signed checkpoints of the log's Merkle tree.
     checkpoints: Arc<Checkpointer>,
+    responses: Arc<ResponseCache>,
 }
 
 /// Start-up choices that are not configuration.
@@ -107,9 +109,16 @@ impl AppState {
             config.queue.max_queued_per_principal,
             config.audit.record_content,
         );
+        i.responses
+            .set_limits(config.cache.responses, config.cache.max_bytes);
         if let Err(e) = crate::logging::set_level(&config.logging.level) {
             tracing::warn!(error = %e, "changing the log level");
         }
+    }
+
+    /// The response cache (`[cache] responses`).
+    pub fn responses(&self) -> &ResponseCache {
+        &self.inner.responses
     }
 
     pub fn is_ready(&self) -> bool {
@@ -356,8 +365,17 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         .await
         .with_context(|| format!("scanning models in {}", config.models.dir.display()))?,
     );
+    let responses = Arc::new(
+        ResponseCache::open(
+            store.clone(),
+            config.cache.responses,
+            config.cache.max_bytes,
+        )
+        .context("opening the response cache")?,
+    );
     let runner = Arc::new(Runner::new(
         engine.clone(),
+        responses.clone(),
         catalog.clone(),
         config.limits.max_prompt_chars,
         config.models.default.clone(),
@@ -396,6 +414,7 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
             connections: crate::api::conn::Connections::default(),
             nats,
             checkpoints,
+            responses,
         }),
     };
 
@@ -583,6 +602,7 @@ pub fn engine_config(config: &Config) -> EngineConfig {
         max_loaded: m.max_loaded,
         max_waiting: m.max_waiting,
         max_wait: std::time::Duration::from_secs(m.max_wait_secs),
+        prompt_cache: config.cache.prompt_prefix,
         ..EngineConfig::default()
     }
 }

@@ -204,6 +204,7 @@ async fn mixed_workload(store: &EventStore) {
                     prompt_us: 12_500,
                     generate_us: 90_250,
                     tokens_per_second_milli: 66_481,
+                    cached_tokens: 0,
                 },
                 output: ContentRecord::new("ok", true),
             })),
@@ -948,6 +949,7 @@ fn old_versions_with_floats_hashes_or_single_failures_are_upcast() {
                 prompt_us: 222_742,
                 generate_us: 10_421,
                 tokens_per_second_milli: 15_735,
+                cached_tokens: 0,
             }
         ),
         other => panic!("{other:?}"),

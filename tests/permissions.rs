@@ -394,6 +394,23 @@ fn rows() -> Vec<Row> {
             Some("write_config"),
             Some(json!({"limits": {"requests_per_minute": 10_000}})),
         ),
+        // caches
+        r("get", "/api/v1/cache", "/api/v1/cache", Some("manage_cache"), None),
+        r(
+            "get",
+            "/api/v1/cache/responses",
+            "/api/v1/cache/responses",
+            Some("manage_cache"),
+            None,
+        ),
+        r(
+            "delete",
+            "/api/v1/cache/responses/{key}",
+            "/api/v1/cache/responses/0000000000000000000000000000000000000000000000000000000000000000",
+            Some("manage_cache"),
+            None,
+        ),
+        r("delete", "/api/v1/cache", "/api/v1/cache", Some("manage_cache"), None),
     ];
     // The documented outcome of each row's input, in the same order.
     let expected: &[(u16, &'static [&'static str])] = &[
@@ -446,6 +463,10 @@ fn rows() -> Vec<Row> {
         (200, &[]), // the Prometheus exposition and its JSON summary
         (200, &[]),
         (200, &[]), // the configuration, and a patch that keeps the test's rate limit
+        (200, &[]),
+        (200, &[]), // both caches, the cached answers, one that does not exist, clear
+        (200, &[]),
+        (404, &[]),
         (200, &[]),
     ];
     assert_eq!(rows.len(), expected.len());

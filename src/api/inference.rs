@@ -64,6 +64,9 @@ pub struct InferenceRequest {
     /// With `stream`: the job runs on when the client disconnects, and can be re-joined
     /// at `GET /api/v1/jobs/{id}/stream`. Without it a disconnect cancels the job.
     pub detach: Option<bool>,
+    /// `false`: neither answer from nor store into the response cache (when `[cache]
+    /// responses` is on).
+    pub cache: Option<bool>,
 }
 
 impl InferenceRequest {
@@ -73,6 +76,10 @@ impl InferenceRequest {
 
     pub(super) fn detached(&self) -> bool {
         self.detach == Some(true)
+    }
+
+    pub(super) fn bypasses_cache(&self) -> bool {
+        self.cache == Some(false)
     }
 }
 
@@ -93,6 +100,7 @@ impl From<crate::events::TimingsRecord> for Timings {
             prompt_ms: ms(t.prompt_us),
             generate_ms: ms(t.generate_us),
             tokens_per_second: t.tokens_per_second_milli as f64 / 1000.0,
+            cached_tokens: t.cached_tokens as u32,
         }
     }
 }
@@ -104,6 +112,7 @@ impl From<crate::inference::Timings> for Timings {
             prompt_ms: t.prompt_ms,
             generate_ms: t.generate_ms,
             tokens_per_second: t.tokens_per_second,
+            cached_tokens: t.cached_tokens,
         }
     }
 }
@@ -116,6 +125,8 @@ pub struct Timings {
     pub prompt_ms: f64,
     pub generate_ms: f64,
     pub tokens_per_second: f64,
+    /// Prompt tokens reused from the prompt-prefix KV cache (not prefilled again).
+    pub cached_tokens: u32,
 }
 
 #[derive(Debug, Object)]
@@ -128,6 +139,8 @@ pub struct InferenceResponse {
     pub finish_reason: String,
     pub usage: Usage,
     pub timings: Timings,
+    /// Answered from the response cache, without running the model.
+    pub cached: bool,
 }
 
 fn role(r: &str) -> Result<ChatRole, ApiError> {
@@ -259,6 +272,7 @@ pub(super) async fn complete(
             .unwrap_or_else(|| "cancelled".into()),
         usage,
         timings,
+        cached: end.record.cached,
     })
 }
 
@@ -291,8 +305,10 @@ impl InferenceApi {
         if stream {
             require_streaming(auth.principal())?;
         }
+        let no_cache = body.0.bypasses_cache();
         let valid = state.runner().validate(to_input(body.0)?)?;
-        let job = super::jobs::new_job(&state, auth.principal(), priority, valid, None);
+        let mut job = super::jobs::new_job(&state, auth.principal(), priority, valid, None);
+        job.request.no_cache = no_cache;
         let watch = state.connections().watch(req.remote_addr());
         if stream {
             let sse = queue_and_stream(&state, req, &auth.ctx, job, detach).await?;

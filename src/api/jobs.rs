@@ -131,6 +131,8 @@ pub struct JobResult {
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
     pub timings: Option<Timings>,
+    /// Answered from the response cache, without running the model.
+    pub cached: bool,
 }
 
 #[derive(Debug, Object)]
@@ -173,6 +175,7 @@ pub(super) fn job_view(state: &AppState, j: JobRecord) -> Job {
             completion_tokens: c as u32,
         }),
         timings: j.timings.map(Timings::from),
+        cached: j.cached,
     });
     let error = j
         .error
@@ -302,8 +305,10 @@ impl JobsApi {
                 body_sha256: crate::queue::body_digest(body.0.to_json_string().as_bytes()),
             }),
         };
+        let no_cache = body.0.bypasses_cache();
         let valid = state.runner().validate(to_input(body.0)?)?;
-        let job = new_job(&state, principal, priority, valid, idempotency);
+        let mut job = new_job(&state, principal, priority, valid, idempotency);
+        job.request.no_cache = no_cache;
         if stream {
             let sse = queue_and_stream(&state, req, &auth.ctx, job, detach).await?;
             return Ok(Accepted::Stream(sse));

@@ -5,6 +5,7 @@
 
 mod audit;
 mod auth;
+mod cache;
 mod config;
 pub mod conn;
 pub mod error;
@@ -80,6 +81,8 @@ pub enum ApiTags {
     Metrics,
     /// The effective configuration, and the settings that change live.
     Config,
+    /// The prompt-prefix KV cache and the response cache.
+    Cache,
 }
 
 /// Every resource of the API, in one tuple.
@@ -97,6 +100,7 @@ pub type Apis = (
     openai::OpenAiApi,
     metrics::MetricsApi,
     config::ConfigApi,
+    cache::CacheApi,
 );
 
 fn apis() -> Apis {
@@ -114,6 +118,7 @@ fn apis() -> Apis {
         openai::OpenAiApi,
         metrics::MetricsApi,
         config::ConfigApi,
+        cache::CacheApi,
     )
 }
 

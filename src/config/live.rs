@@ -34,6 +34,8 @@ pub const LIVE_KEYS: &[&str] = &[
     "server.cors_headers",
     "audit.record_content",
     "logging.level",
+    "cache.responses",
+    "cache.max_bytes",
 ];
 
 /// Settings shown as `"***"` (they may hold passwords or keys).

@@ -62,6 +62,7 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub audit: AuditConfig,
     pub metrics: MetricsConfig,
+    pub cache: CacheConfig,
     /// Where each value came from (`file` or `env`; absent keys are defaults). Filled by
     /// [`Config::load`]; not configuration itself.
     #[serde(skip)]
@@ -394,6 +395,30 @@ pub struct MetricsConfig {
     pub public_bind: Option<String>,
 }
 
+/// `[cache]`: the prompt-prefix KV cache and the response cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Slots keep a finished sequence's KV cells, and a prompt that starts with the same
+    /// tokens prefills only the rest. Needs a restart (it shapes the llama.cpp context).
+    pub prompt_prefix: bool,
+    /// Cache the answers of deterministic requests (temperature 0, or a `seed`) in the data
+    /// dir; a hit answers without running the model.
+    pub responses: bool,
+    /// Largest total size of cached answers; the least recently used go first.
+    pub max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            prompt_prefix: true,
+            responses: false,
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
 /// Why a configuration could not be loaded; the message names the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -486,6 +511,12 @@ impl Config {
                  queue.lease_secs and queue.job_timeout_secs must be at least 1"
                     .into(),
             ));
+        }
+        if self.cache.max_bytes < 1024 {
+            return Err(ConfigError::Invalid(format!(
+                "cache.max_bytes must be at least 1024, not {}",
+                self.cache.max_bytes
+            )));
         }
         if self.audit.checkpoint_every == 0 || self.audit.checkpoint_secs == 0 {
             return Err(ConfigError::Invalid(

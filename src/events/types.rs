@@ -345,6 +345,14 @@ pub struct TimingsRecord {
     pub generate_us: u64,
     /// Tokens per second after the first, times 1000.
     pub tokens_per_second_milli: u64,
+    /// Prompt tokens taken from the prompt-prefix cache (absent before it existed, and
+    /// when 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_tokens: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 events! {
@@ -519,6 +527,9 @@ events! {
         pub completion_tokens: u64,
         pub timings: TimingsRecord,
         pub output: ContentRecord,
+        /// Answered from the response cache (absent before it existed, and when false).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub cached: bool,
     }
     /// Failed for good (an error no retry can mend), in the error body's terms.
     JobFailed => "job.failed" @ 1 { pub job_id: String, pub code: String, pub error: String, }

@@ -217,6 +217,7 @@ impl Timings {
             prompt_us: micros(self.prompt_ms),
             generate_us: micros(self.generate_ms),
             tokens_per_second_milli: micros(self.tokens_per_second),
+            cached_tokens: u64::from(self.cached_tokens),
         }
     }
 }
@@ -292,6 +293,10 @@ pub struct Timings {
     /// Decode rate seen by this sequence: tokens after the first over `generate_ms`
     /// (0 when fewer than 2 tokens).
     pub tokens_per_second: f64,
+    /// Prompt tokens taken from the slot's KV cache (prompt-prefix cache) instead of
+    /// prefilled.
+    #[serde(default)]
+    pub cached_tokens: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -300,6 +305,9 @@ pub struct Completion {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub timings: Timings,
+    /// Answered from the response cache, without running the model.
+    #[serde(default)]
+    pub cached: bool,
 }
 
 /// What a [`Generation`] yields, in order: `Started`, zero or more `Token`, then exactly one
@@ -403,6 +411,8 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// Longest a request waits for a slot before it fails with [`BusyReason::WaitedTooLong`].
     pub max_wait: Duration,
+    /// Slots keep a finished sequence's KV cells for the next prompt with the same prefix.
+    pub prompt_cache: bool,
 }
 
 impl Default for EngineConfig {
@@ -415,6 +425,7 @@ impl Default for EngineConfig {
             max_loaded: 2,
             max_waiting: 64,
             max_wait: Duration::from_secs(300),
+            prompt_cache: true,
         }
     }
 }
@@ -442,4 +453,23 @@ pub trait Engine: Send + Sync + 'static {
     fn active_requests(&self, model_id: &str) -> usize;
     /// Cancel every request on the model and unload it (used by forced model deletion).
     fn unload(&self, model_id: &str);
+    /// The prompt-prefix cache of each loaded model.
+    fn prefix_cache(&self) -> Vec<PrefixCacheStats> {
+        Vec::new()
+    }
+    /// Forget every cached prompt prefix (slots in use keep theirs).
+    fn clear_prefix_cache(&self) {}
+}
+
+/// One loaded model's prompt-prefix cache.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixCacheStats {
+    pub model: String,
+    /// Tokens the model's free slots hold for reuse.
+    pub cached_tokens: u64,
+    /// Requests that reused a cached prefix, and those that did not.
+    pub hits: u64,
+    pub misses: u64,
+    /// Prompt tokens not prefilled again thanks to the cache.
+    pub reused_tokens: u64,
 }

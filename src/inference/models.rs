@@ -13,10 +13,10 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::llama::{spawn_model_thread, ModelThread};
+use super::llama::{spawn_model_thread, ModelThread, PrefixStats};
 use super::{
     BusyReason, CancelHandle, Engine, EngineConfig, EngineError, EngineStats, GenEvent,
-    GenerateRequest, Generation, ModelSpec, Prompt, SamplingParams,
+    GenerateRequest, Generation, ModelSpec, PrefixCacheStats, Prompt, SamplingParams,
 };
 
 /// The [`Engine`] backed by llama.cpp. Cheap to share behind an `Arc`.
@@ -46,6 +46,7 @@ struct ModelHandle {
     sequences: Arc<AtomicUsize>,
     /// Cleared when the thread exits (load failure, shutdown, panic).
     alive: Arc<AtomicBool>,
+    prefix: Arc<PrefixStats>,
     last_used: u64,
 }
 
@@ -62,6 +63,8 @@ pub(super) enum Command {
     Generate(Job),
     /// Cancel everything and exit (unload).
     Shutdown,
+    /// Forget the prompt prefixes the free slots hold.
+    ClearCache,
 }
 
 /// A request on its way to, or waiting in, a model thread.
@@ -90,6 +93,7 @@ impl LlamaEngine {
             max_loaded: cfg.max_loaded.max(1),
             max_waiting: cfg.max_waiting,
             max_wait: cfg.max_wait,
+            prompt_cache: cfg.prompt_cache,
         };
         Self {
             cfg,
@@ -111,6 +115,7 @@ impl LlamaEngine {
             requests: Arc::default(),
             sequences: Arc::default(),
             alive: Arc::new(AtomicBool::new(true)),
+            prefix: Arc::default(),
             last_used: 0,
         };
         let thread = ModelThread {
@@ -121,6 +126,7 @@ impl LlamaEngine {
             requests: handle.requests.clone(),
             sequences: handle.sequences.clone(),
             counters: self.counters.clone(),
+            prefix: handle.prefix.clone(),
             _alive: AliveGuard(handle.alive.clone()),
         };
         spawn_model_thread(thread)
@@ -228,6 +234,29 @@ impl Engine for LlamaEngine {
             .by_id
             .get(model_id)
             .map_or(0, |h| h.requests.load(Ordering::Acquire))
+    }
+
+    fn prefix_cache(&self) -> Vec<PrefixCacheStats> {
+        let models = self.lock();
+        let mut stats: Vec<PrefixCacheStats> = models
+            .by_id
+            .iter()
+            .map(|(id, h)| PrefixCacheStats {
+                model: id.clone(),
+                cached_tokens: h.prefix.cached_tokens.load(Ordering::Relaxed) as u64,
+                hits: h.prefix.hits.load(Ordering::Relaxed),
+                misses: h.prefix.misses.load(Ordering::Relaxed),
+                reused_tokens: h.prefix.reused_tokens.load(Ordering::Relaxed),
+            })
+            .collect();
+        stats.sort_by(|a, b| a.model.cmp(&b.model));
+        stats
+    }
+
+    fn clear_prefix_cache(&self) {
+        for handle in self.lock().by_id.values() {
+            let _ = handle.commands.send(Command::ClearCache);
+        }
     }
 
     fn unload(&self, model_id: &str) {

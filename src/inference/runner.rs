@@ -12,6 +12,7 @@ use super::{
     SamplingParams,
 };
 use crate::api::error::ApiError;
+use crate::cache::{self, CachedAnswer, ResponseCache};
 use crate::events::ContentRecord;
 use crate::queue::{ExecError, Executor, JobCancel, JobRequest, StoredPrompt, TokenSink};
 use poem::http::StatusCode;
@@ -99,6 +100,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> InferenceError {
 
 pub struct Runner {
     engine: Arc<dyn Engine>,
+    responses: Arc<ResponseCache>,
     catalog: Arc<Catalog>,
     /// Both change live (`PATCH /api/v1/config`).
     max_prompt_chars: AtomicUsize,
@@ -109,6 +111,7 @@ pub struct Runner {
 impl Runner {
     pub fn new(
         engine: Arc<dyn Engine>,
+        responses: Arc<ResponseCache>,
         catalog: Arc<Catalog>,
         max_prompt_chars: usize,
         default_model: Option<String>,
@@ -116,6 +119,7 @@ impl Runner {
     ) -> Self {
         Self {
             engine,
+            responses,
             catalog,
             max_prompt_chars: AtomicUsize::new(max_prompt_chars),
             default_model,
@@ -198,6 +202,7 @@ impl Runner {
                 Prompt::Chat(m) => StoredPrompt::Chat(m.clone()),
             },
             params: req.params.clone(),
+            no_cache: false,
         }
     }
 
@@ -265,6 +270,20 @@ impl Executor for Runner {
                 false,
             ));
         }
+        let cache_key =
+            (self.responses.enabled() && !job.no_cache && cache::deterministic(&job.params))
+                .then(|| cache::key(&model.record.sha256, &job.prompt, &job.params));
+        if let Some(hit) = cache_key.as_deref().and_then(|k| self.responses.get(k)) {
+            tokens.push(&hit.text);
+            let completion = Completion {
+                finish_reason: hit.finish_reason,
+                prompt_tokens: hit.prompt_tokens,
+                completion_tokens: hit.completion_tokens,
+                timings: Default::default(),
+                cached: true,
+            };
+            return Ok((hit.text, completion));
+        }
         let prompt = match &job.prompt {
             StoredPrompt::Text(t) => Prompt::Text(t.clone()),
             StoredPrompt::Chat(m) => Prompt::Chat(m.clone()),
@@ -296,7 +315,24 @@ impl Executor for Runner {
                     tokens.push(&piece);
                     text.push_str(&piece);
                 }
-                Some(GenEvent::Done(c)) => return Ok((text, c)),
+                Some(GenEvent::Done(c)) => {
+                    if let Some(key) =
+                        cache_key.filter(|_| c.finish_reason != FinishReason::Cancelled)
+                    {
+                        let answer = CachedAnswer {
+                            model: model.record.id.clone(),
+                            text: text.clone(),
+                            finish_reason: c.finish_reason,
+                            prompt_tokens: c.prompt_tokens,
+                            completion_tokens: c.completion_tokens,
+                            stored_at: chrono::Utc::now(),
+                        };
+                        if let Err(e) = self.responses.put(&key, &answer) {
+                            tracing::warn!(error = %e, "storing a response in the cache failed");
+                        }
+                    }
+                    return Ok((text, c));
+                }
                 Some(GenEvent::Error(e)) => return Err(engine_error(e)),
                 None => {
                     return Err(engine_error(EngineError::Internal(

@@ -18,8 +18,8 @@ pub struct ModelMetrics {
     waiting: Gauge,
     kv_usage: Gauge,
     slots: Gauge,
-    /// Held so the family exists (at 0) for every loaded model.
-    _prefix_hits: Counter,
+    prefix_hits: Counter,
+    prefix_reused_tokens: Counter,
 }
 
 impl ModelMetrics {
@@ -27,8 +27,6 @@ impl ModelMetrics {
     pub fn new(model: &str, slots: usize) -> Self {
         install();
         let m = || model.to_string();
-        let prefix_hits = counter!(PREFIX_CACHE_HITS, "model" => m());
-        prefix_hits.increment(0);
         let metrics = Self {
             prompt_tokens: counter!(PROMPT_TOKENS, "model" => m()),
             generation_tokens: counter!(GENERATION_TOKENS, "model" => m()),
@@ -39,8 +37,11 @@ impl ModelMetrics {
             waiting: gauge!(REQUESTS_WAITING, "model" => m()),
             kv_usage: gauge!(KV_CACHE_USAGE, "model" => m()),
             slots: gauge!(SLOTS, "model" => m()),
-            _prefix_hits: prefix_hits,
+            prefix_hits: counter!(PREFIX_CACHE_HITS, "model" => m()),
+            prefix_reused_tokens: counter!(PREFIX_CACHE_REUSED_TOKENS, "model" => m()),
         };
+        metrics.prefix_hits.increment(0);
+        metrics.prefix_reused_tokens.increment(0);
         metrics.prompt_tokens.increment(0);
         metrics.generation_tokens.increment(0);
         metrics.slots.set(slots as f64);
@@ -50,6 +51,15 @@ impl ModelMetrics {
     /// A request got a slot with a prompt of `tokens` tokens.
     pub fn admitted(&self, tokens: usize) {
         self.prompt_tokens.increment(tokens as u64);
+    }
+
+    /// A request got a slot whose KV cache already held the first `reused` tokens of its
+    /// prompt (0: a miss).
+    pub fn prefix_reused(&self, reused: usize) {
+        if reused > 0 {
+            self.prefix_hits.increment(1);
+            self.prefix_reused_tokens.increment(reused as u64);
+        }
     }
 
     /// A token was generated; `since_previous` is the time since the sequence's previous

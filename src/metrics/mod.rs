@@ -65,6 +65,7 @@ pub const BUSY_SLOTS: &str = "inferno_busy_slots";
 pub const REQUESTS_WAITING: &str = "inferno_requests_waiting";
 pub const KV_CACHE_USAGE: &str = "inferno_kv_cache_usage_ratio";
 pub const PREFIX_CACHE_HITS: &str = "inferno_prefix_cache_hits_total";
+pub const PREFIX_CACHE_REUSED_TOKENS: &str = "inferno_prefix_cache_reused_tokens_total";
 pub const MODELS_LOADED: &str = "inferno_models_loaded";
 // The event log
 pub const EVENTS_APPENDED: &str = "inferno_events_appended_total";
@@ -258,7 +259,11 @@ fn describe() {
     );
     describe_counter!(
         PREFIX_CACHE_HITS,
-        "Prompt tokens reused from a slot's KV cache, by model (0 until the prefix cache exists)."
+        "Requests that reused a prompt prefix from a slot's KV cache, by model."
+    );
+    describe_counter!(
+        PREFIX_CACHE_REUSED_TOKENS,
+        "Prompt tokens taken from a slot's KV cache instead of prefilled, by model."
     );
     describe_gauge!(MODELS_LOADED, "Models loaded in the engine.");
     describe_counter!(EVENTS_APPENDED, "Events committed to the event log.");
@@ -289,11 +294,11 @@ fn describe() {
     );
     describe_counter!(
         RESPONSE_CACHE_HITS,
-        "Requests answered from the response cache (0 until the cache exists)."
+        "Requests answered from the response cache."
     );
     describe_counter!(
         RESPONSE_CACHE_MISSES,
-        "Cacheable requests the response cache could not answer (0 until the cache exists)."
+        "Cacheable requests the response cache could not answer."
     );
     describe_gauge!(
         NATS_CONNECTED,

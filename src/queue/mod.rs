@@ -101,6 +101,9 @@ pub struct JobRequest {
     pub model: String,
     pub prompt: StoredPrompt,
     pub params: SamplingParams,
+    /// `"cache": false`: the response cache is neither read nor written for this job.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_cache: bool,
 }
 
 /// A job to queue, validated by the caller.

@@ -195,6 +195,7 @@ pub(super) async fn run_job(
                 completion_tokens: c.completion_tokens as u64,
                 timings: c.timings.record(),
                 output: ContentRecord::new(&text, record_content),
+                cached: c.cached,
             });
             (event, Some(text), Some(c), None, JobOutcome::Completed)
         }

@@ -115,6 +115,7 @@ fn done_usage(j: &crate::events::projections::jobs::JobRecord) -> OpenAiUsage {
     OpenAiUsage::new(
         j.prompt_tokens.unwrap_or_default() as u32,
         j.completion_tokens.unwrap_or_default() as u32,
+        j.timings.unwrap_or_default().cached_tokens as u32,
     )
 }
 
@@ -237,8 +238,12 @@ impl OpenAiApi {
         }
         let answers: Vec<InferenceResponse> = futures::future::try_join_all(runs).await?;
         let (model, system_fingerprint) = first.unwrap_or_default();
-        let (p, c) = answers.iter().fold((0, 0), |(p, c), a| {
-            (p + a.usage.prompt_tokens, c + a.usage.completion_tokens)
+        let (p, c, k) = answers.iter().fold((0, 0, 0), |(p, c, k), a| {
+            (
+                p + a.usage.prompt_tokens,
+                c + a.usage.completion_tokens,
+                k + a.timings.cached_tokens,
+            )
         });
         Ok(JsonOrSse::Json(Json(CompletionResponse {
             id: format!(
@@ -259,7 +264,7 @@ impl OpenAiApi {
                     finish_reason: Some(a.finish_reason),
                 })
                 .collect(),
-            usage: Some(OpenAiUsage::new(p, c)),
+            usage: Some(OpenAiUsage::new(p, c, k)),
         })))
     }
 
@@ -358,7 +363,11 @@ impl OpenAiApi {
                 logprobs: None,
                 finish_reason: a.finish_reason,
             }],
-            usage: OpenAiUsage::new(a.usage.prompt_tokens, a.usage.completion_tokens),
+            usage: OpenAiUsage::new(
+                a.usage.prompt_tokens,
+                a.usage.completion_tokens,
+                a.timings.cached_tokens,
+            ),
         })))
     }
 }

@@ -67,6 +67,9 @@ pub struct JobRecord {
     pub completion_tokens: Option<u64>,
     #[serde(default)]
     pub timings: Option<TimingsRecord>,
+    /// Answered from the response cache.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 fn inference_kind() -> String {
@@ -211,6 +214,7 @@ impl JobRecord {
             prompt_tokens: None,
             completion_tokens: None,
             timings: None,
+            cached: false,
         }
     }
 }
@@ -264,7 +268,8 @@ impl Projection for JobsProjection {
                     e.prompt_tokens,
                     e.completion_tokens,
                     e.timings,
-                )
+                );
+                j.cached = e.cached;
             })?,
             Event::JobFailed(e) => update(tx, &e.job_id, env, |j| {
                 j.status = set("failed");

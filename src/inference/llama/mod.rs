@@ -31,25 +31,22 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
-use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::model::{LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
-use llama_cpp_2::token_type::LlamaTokenAttr;
 use llama_cpp_2::{send_logs_to_tracing, LogOptions};
 
-use super::chat::{is_c_space, Markers, Piece};
 use super::models::{AliveGuard, Command, Counters, Job};
 use super::text::{StopFilter, Utf8Stream};
-use super::{
-    BusyReason, ChatMessage, Completion, EngineConfig, EngineError, FinishReason, GenEvent, Prompt,
-    SamplingParams, Timings,
-};
+use super::{BusyReason, Completion, EngineConfig, EngineError, FinishReason, GenEvent, Timings};
 use crate::metrics::ModelMetrics;
+use prefix::SlotCache;
+use sampler::Sampler;
 
-/// llama.cpp's "pick a random seed" value.
-const RANDOM_SEED: u32 = u32::MAX;
-/// How many recent tokens the repeat penalty looks at (llama.cpp's default).
-const PENALTY_LAST_N: i32 = 64;
+pub(super) use prefix::PrefixStats;
+
+mod prefix;
+mod prompt;
+mod sampler;
 
 /// `llama_backend_init` may run once per process; every model thread shares this.
 fn backend() -> Result<&'static LlamaBackend, EngineError> {
@@ -102,6 +99,8 @@ pub(super) struct ModelThread {
     /// Requests holding a slot.
     pub(super) sequences: Arc<AtomicUsize>,
     pub(super) counters: Arc<Counters>,
+    /// This model's prompt-prefix cache figures.
+    pub(super) prefix: Arc<PrefixStats>,
     pub(super) _alive: AliveGuard,
 }
 
@@ -129,6 +128,9 @@ impl ModelThread {
         let mut batcher = Batcher {
             batch: LlamaBatch::new(step_capacity(&self.cfg), 1),
             slots: (0..self.cfg.parallel).map(|_| None).collect(),
+            caches: (0..self.cfg.parallel)
+                .map(|_| SlotCache::default())
+                .collect(),
             queue: VecDeque::new(),
             model: &model,
             template,
@@ -187,7 +189,10 @@ fn new_context<'m>(
         .with_n_seq_max(cfg.parallel as u32)
         .with_n_threads(threads)
         .with_n_threads_batch(threads)
-        .with_kv_unified(true);
+        .with_kv_unified(true)
+        // Keeping a finished sequence's cells for the next prompt with the same prefix
+        // needs every cell: a sliding-window cache (Gemma 3) drops those behind the window.
+        .with_swa_full(cfg.prompt_cache);
     model
         .new_context(backend, params)
         .map_err(|e| EngineError::Load(format!("create context: {e}")))
@@ -211,38 +216,6 @@ fn fallback_template(model: &LlamaModel) -> LlamaChatTemplate {
     LlamaChatTemplate::new(name).expect("built-in template names contain no NUL byte")
 }
 
-/// Plain text between two control tokens of a chat prompt, tokenized as one string with
-/// special-token parsing off.
-#[derive(Default)]
-struct PlainRun {
-    text: String,
-    /// The last control token strips the whitespace after it (llama.cpp's rstrip).
-    strip_next: bool,
-}
-
-impl PlainRun {
-    fn push(&mut self, mut text: &str) {
-        if self.strip_next {
-            text = text.trim_start_matches(is_c_space);
-            self.strip_next = text.is_empty();
-        }
-        self.text.push_str(text);
-    }
-
-    /// The next control token strips the whitespace before it (llama.cpp's lstrip).
-    fn trim_end(&mut self) {
-        let kept = self.text.trim_end_matches(is_c_space).len();
-        self.text.truncate(kept);
-    }
-
-    fn flush(&mut self, model: &LlamaModel, tokens: &mut Vec<LlamaToken>) {
-        if !self.text.is_empty() {
-            tokens.extend(model.vocab().tokenize(self.text.as_bytes(), false, false));
-            self.text.clear();
-        }
-    }
-}
-
 /// A request that was tokenized and waits for a slot.
 struct Pending {
     job: Job,
@@ -256,6 +229,10 @@ struct Sequence {
     tokens: Vec<LlamaToken>,
     /// Tokens already in the KV cache.
     n_past: usize,
+    /// Of those, taken over from the slot's cache at admission.
+    cached_tokens: usize,
+    /// Generated tokens fed back (in the KV cache after the prompt).
+    fed: Vec<LlamaToken>,
     /// The last sampled token, to be fed at the next step.
     next: Option<LlamaToken>,
     max_tokens: u32,
@@ -277,6 +254,8 @@ struct Batcher<'a, 'm> {
     ctx: LlamaContext<'m>,
     batch: LlamaBatch<'static>,
     slots: Vec<Option<Sequence>>,
+    /// What each slot's KV cells hold while it is free.
+    caches: Vec<SlotCache>,
     queue: VecDeque<Pending>,
     /// When the model was loaded: slots exist from then on, so a request's wait for one is
     /// counted from then at the earliest (loading is not waiting behind other requests).
@@ -306,7 +285,8 @@ impl Batcher<'_, '_> {
     /// so the gauges are back at zero before the thread blocks idle).
     fn report_occupancy(&self) {
         let busy = self.slots.iter().flatten().count();
-        let kv_used = self.slots.iter().flatten().map(|s| s.n_past).sum();
+        let running: usize = self.slots.iter().flatten().map(|s| s.n_past).sum();
+        let kv_used = running + self.worker.prefix.cached_tokens.load(Ordering::Relaxed);
         let capacity = self.worker.cfg.ctx_per_slot as usize * self.slots.len();
         self.metrics
             .occupancy(busy, self.queue.len(), kv_used, capacity);
@@ -332,6 +312,7 @@ impl Batcher<'_, '_> {
             match command {
                 Command::Shutdown => return false,
                 Command::Generate(job) => self.accept(job),
+                Command::ClearCache => self.clear_cache(),
             }
         }
     }
@@ -361,123 +342,6 @@ impl Batcher<'_, '_> {
         }
     }
 
-    fn tokenize(&self, prompt: &Prompt) -> Result<Vec<LlamaToken>, EngineError> {
-        let tokens = match prompt {
-            Prompt::Text(text) => self.model.vocab().tokenize(text.as_bytes(), true, false),
-            Prompt::Chat(messages) => self.tokenize_chat(messages)?,
-        };
-        if tokens.is_empty() {
-            return Err(EngineError::InvalidParams("prompt is empty".into()));
-        }
-        Ok(tokens)
-    }
-
-    /// Renders the chat template and tokenizes it with control tokens parsed in the
-    /// template's own text only: message content is plain text, so a message holding
-    /// `<end_of_turn>` cannot end its turn (see `chat.rs`).
-    ///
-    /// Tokens are the same as tokenizing the whole rendered text with special-token parsing
-    /// on, as long as the content holds no control-token text: each run of plain text between
-    /// two control tokens (template text and content together) is tokenized as one string,
-    /// as llama.cpp does with the fragments it cuts at control tokens.
-    fn tokenize_chat(&self, messages: &[ChatMessage]) -> Result<Vec<LlamaToken>, EngineError> {
-        if messages.iter().any(|m| m.content.contains('\0')) {
-            return Err(EngineError::InvalidParams(
-                "message contains a NUL byte".into(),
-            ));
-        }
-        let markers = Markers::new();
-        // llama.cpp recognises only some template sources; an unrecognised one gets the
-        // family's built-in template instead.
-        let fallback;
-        let mut template = &self.template;
-        let bare = match self.render_chat(template, messages, |i| markers.bare(i)) {
-            Ok(text) => text,
-            Err(_) => {
-                fallback = fallback_template(self.model);
-                template = &fallback;
-                self.render_chat(template, messages, |i| markers.bare(i))?
-            }
-        };
-        let padded = self.render_chat(template, messages, |i| markers.padded(i))?;
-        let contents: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
-        let pieces = markers
-            .split(&bare, &padded, &contents)
-            .or_else(|| {
-                let model = &self.worker.model_id;
-                tracing::debug!(%model, "chat template trims unpredictably: content kept as sent");
-                markers.split_untrimmed(&bare, &contents)
-            })
-            .ok_or_else(|| EngineError::Internal("chat template mangled a placeholder".into()))?;
-
-        let vocab = self.model.vocab();
-        let mut tokens = Vec::new();
-        // As `tokenize(.., add_special = true, ..)` does.
-        if vocab.should_add_bos() {
-            tokens.push(vocab.bos());
-        }
-        let mut run = PlainRun::default();
-        for piece in pieces {
-            match piece {
-                Piece::Content(text) => run.push(text),
-                Piece::Template(text) => self.push_template(text, &mut run, &mut tokens),
-            }
-        }
-        run.flush(self.model, &mut tokens);
-        if vocab.should_add_eos() {
-            tokens.push(vocab.eos());
-        }
-        Ok(tokens)
-    }
-
-    /// Cuts template text at the control tokens llama.cpp finds in it: the text between
-    /// them joins the current plain-text run, each control token ends the run.
-    fn push_template(&self, text: &str, run: &mut PlainRun, tokens: &mut Vec<LlamaToken>) {
-        let vocab = self.model.vocab();
-        let mut rest = text;
-        for token in vocab.tokenize(text.as_bytes(), false, true) {
-            let attr = vocab.attr(token);
-            if !attr.intersects(LlamaTokenAttr::Control | LlamaTokenAttr::Unknown) {
-                continue;
-            }
-            let marker = vocab.text(token).and_then(|t| t.to_str().ok());
-            let Some((at, len)) = marker.and_then(|m| Some((rest.find(m)?, m.len()))) else {
-                // Not found as text (never seen): the template text is ours, so tokenizing
-                // the rest of it on its own is safe, if not exactly the joined tokenization.
-                run.flush(self.model, tokens);
-                tokens.extend(vocab.tokenize(rest.as_bytes(), false, true));
-                return;
-            };
-            run.push(&rest[..at]);
-            if attr.contains(LlamaTokenAttr::LStrip) {
-                run.trim_end();
-            }
-            run.flush(self.model, tokens);
-            tokens.push(token);
-            run.strip_next = attr.contains(LlamaTokenAttr::RStrip);
-            rest = &rest[at + len..];
-        }
-        run.push(rest);
-    }
-
-    /// The chat rendered by `template`, with `content(i)` as message `i`'s content.
-    fn render_chat(
-        &self,
-        template: &LlamaChatTemplate,
-        messages: &[ChatMessage],
-        content: impl Fn(usize) -> String,
-    ) -> Result<String, EngineError> {
-        let chat = messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| LlamaChatMessage::new(m.role.as_str().to_owned(), content(i)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| EngineError::Internal("chat placeholder contains a NUL byte".into()))?;
-        self.model
-            .apply_chat_template(template, &chat, true)
-            .map_err(|e| EngineError::Internal(format!("chat template: {e}")))
-    }
-
     fn drop_cancelled(&mut self) {
         let (cancelled, waiting): (Vec<_>, Vec<_>) =
             self.queue.drain(..).partition(|p| p.job.cancelled());
@@ -494,6 +358,7 @@ impl Batcher<'_, '_> {
                         queue_ms,
                         ..Timings::default()
                     },
+                    cached: false,
                 },
             );
         }
@@ -526,17 +391,30 @@ impl Batcher<'_, '_> {
         }
     }
 
-    /// FIFO: the oldest waiting request takes the first free slot.
+    /// FIFO: the oldest waiting request takes a free slot, the one whose cached tokens
+    /// share the longest prefix with its prompt.
     fn admit(&mut self) {
-        while let Some(free) = self.slots.iter().position(Option::is_none) {
-            let Some(pending) = self.queue.pop_front() else {
+        while let Some(pending) = self.queue.front() {
+            let slots = &self.slots;
+            let chosen = if self.worker.cfg.prompt_cache {
+                prefix::choose_slot(&self.caches, |i| slots[i].is_none(), &pending.tokens)
+            } else {
+                slots.iter().position(Option::is_none).map(|i| (i, 0))
+            };
+            let Some((free, keep)) = chosen else {
                 return;
             };
-            let Pending {
+            let Some(Pending {
                 job,
                 tokens,
                 max_tokens,
-            } = pending;
+            }) = self.queue.pop_front()
+            else {
+                return;
+            };
+            let cached_tokens = self.reuse(free, keep);
+            self.worker.prefix.admitted(cached_tokens);
+            self.metrics.prefix_reused(cached_tokens);
             let mut sampler = Sampler::new(self.model, &job.params);
             sampler.accept_prompt(&tokens);
             let _ = job.events.send(GenEvent::Started {
@@ -549,7 +427,9 @@ impl Batcher<'_, '_> {
                 queue_ms: ms_since(job.submitted),
                 job,
                 tokens,
-                n_past: 0,
+                n_past: cached_tokens,
+                cached_tokens,
+                fed: Vec::new(),
                 next: None,
                 max_tokens,
                 completion_tokens: 0,
@@ -630,7 +510,7 @@ impl Batcher<'_, '_> {
             tracing::error!(model = %self.worker.model_id, error = %e, "decode failed");
             for i in 0..self.slots.len() {
                 if let Some(seq) = self.slots[i].take() {
-                    self.release(i);
+                    self.release(i, None);
                     self.worker
                         .finish_error(&seq.job, EngineError::Internal(format!("decode: {e}")));
                 }
@@ -659,8 +539,9 @@ impl Batcher<'_, '_> {
             return;
         };
         // A fed token is now in the KV cache (prompt chunks were counted by `step`).
-        if seq.next.take().is_some() {
+        if let Some(fed) = seq.next.take() {
             seq.n_past += 1;
+            seq.fed.push(fed);
         }
         let now = Instant::now();
         seq.first_token.get_or_insert(now);
@@ -695,7 +576,14 @@ impl Batcher<'_, '_> {
         let Some(mut seq) = self.slots[i].take() else {
             return;
         };
-        self.release(i);
+        let prompt_tokens = seq.tokens.len() as u32;
+        // The cells hold the prompt as far as it was read, then the tokens fed back.
+        let mut kept = std::mem::take(&mut seq.tokens);
+        kept.truncate(seq.n_past);
+        if seq.n_past > kept.len() {
+            kept.extend_from_slice(&seq.fed);
+        }
+        self.release(i, Some(kept));
         if reason != FinishReason::Stop {
             let rest = seq.utf8.finish();
             let filtered = seq.stop.push(&rest);
@@ -719,22 +607,87 @@ impl Batcher<'_, '_> {
         };
         let completion = Completion {
             finish_reason: reason,
-            prompt_tokens: seq.tokens.len() as u32,
+            prompt_tokens,
             completion_tokens: seq.completion_tokens,
             timings: Timings {
                 queue_ms: seq.queue_ms,
+                cached_tokens: seq.cached_tokens as u32,
                 prompt_ms: (first - seq.admitted).as_secs_f64() * 1e3,
                 generate_ms,
                 tokens_per_second,
             },
+            cached: false,
         };
         self.send_done(&seq.job, completion);
     }
 
-    /// Frees the slot's KV cells so the next sequence starts clean.
-    fn release(&mut self, i: usize) {
-        let _ = self.ctx.clear_kv_cache_seq(Some(i as u32), None, None);
+    /// Ends slot `i`'s sequence. With the prompt cache on, the slot keeps the cells of
+    /// `kept` (the tokens at positions 0..) for a later prompt with the same prefix;
+    /// otherwise, or with `None`, its cells are freed so the next sequence starts clean.
+    fn release(&mut self, i: usize, kept: Option<Vec<LlamaToken>>) {
         self.worker.sequences.fetch_sub(1, Ordering::AcqRel);
+        match kept.filter(|_| self.worker.cfg.prompt_cache) {
+            Some(tokens) => {
+                self.caches[i] = SlotCache {
+                    tokens,
+                    last_used: Some(Instant::now()),
+                };
+            }
+            None => self.forget(i),
+        }
+        self.report_cached();
+    }
+
+    /// Frees slot `i`'s cells and forgets what they held.
+    fn forget(&mut self, i: usize) {
+        let _ = self.ctx.clear_kv_cache_seq(Some(i as u32), None, None);
+        self.caches[i] = SlotCache::default();
+    }
+
+    /// Keeps the first `keep` cached tokens of free slot `i` for the sequence it is given
+    /// and removes the rest; returns how many were kept (0 when the cache cannot remove a
+    /// part of a sequence: the whole slot is cleared then).
+    fn reuse(&mut self, i: usize, keep: usize) -> usize {
+        let cached = std::mem::take(&mut self.caches[i]).tokens.len();
+        let kept = if keep == cached {
+            keep
+        } else {
+            let removed = self
+                .ctx
+                .clear_kv_cache_seq(Some(i as u32), Some(keep as u32), None);
+            if matches!(removed, Ok(true)) {
+                keep
+            } else {
+                self.forget(i);
+                0
+            }
+        };
+        self.report_cached();
+        kept
+    }
+
+    /// Clears what every free slot holds (`DELETE /api/v1/cache`); busy slots keep theirs.
+    fn clear_cache(&mut self) {
+        for i in 0..self.slots.len() {
+            if self.slots[i].is_none() {
+                self.forget(i);
+            }
+        }
+        self.report_cached();
+    }
+
+    fn report_cached(&self) {
+        let held = self
+            .caches
+            .iter()
+            .zip(&self.slots)
+            .filter(|(_, s)| s.is_none())
+            .map(|(c, _)| c.tokens.len())
+            .sum();
+        self.worker
+            .prefix
+            .cached_tokens
+            .store(held, Ordering::Relaxed);
     }
 
     fn send_done(&self, job: &Job, completion: Completion) {
@@ -772,6 +725,7 @@ impl Batcher<'_, '_> {
                             queue_ms: ms_since(job.submitted),
                             ..Timings::default()
                         },
+                        cached: false,
                     },
                 );
             }
@@ -779,138 +733,6 @@ impl Batcher<'_, '_> {
     }
 }
 
-/// How a sequence picks its next token.
-enum Sampler {
-    /// Temperature 0 without a repeat penalty: the first token with the highest logit, read
-    /// straight from the logits. Same choice as llama.cpp's greedy sampler, without copying
-    /// the whole vocabulary (262,144 entries for Gemma 3) into a candidate array per token.
-    Greedy,
-    /// Everything else: a llama.cpp sampler chain.
-    Chain(LlamaSampler),
-}
-
-impl Sampler {
-    fn new(model: &LlamaModel, p: &SamplingParams) -> Self {
-        let no_penalty = p.repeat_penalty.is_none_or(|r| r == 1.0);
-        if p.temperature == 0.0 && no_penalty {
-            Sampler::Greedy
-        } else {
-            Sampler::Chain(build_chain(model, p))
-        }
-    }
-
-    /// Feeds the prompt into the chain's history (the repeat penalty looks at it).
-    fn accept_prompt(&mut self, tokens: &[LlamaToken]) {
-        if let Sampler::Chain(chain) = self {
-            chain.accept_many(tokens);
-        }
-    }
-
-    /// Picks the token from the logits at `batch_index` (the chain also records it).
-    fn sample(&mut self, ctx: &LlamaContext, batch_index: i32) -> LlamaToken {
-        match self {
-            Sampler::Greedy => LlamaToken::new(argmax(ctx.get_logits_ith(batch_index))),
-            Sampler::Chain(chain) => chain.sample(ctx, batch_index),
-        }
-    }
-}
-
-/// Index of the first maximum (llama.cpp's greedy sampler keeps the first on ties). Finds
-/// the block holding the maximum with eight independent running maxima (four times faster
-/// than one compare-and-branch per logit, since this crate builds at opt-level 1), then
-/// the first position of that value from the block's start.
-fn argmax(logits: &[f32]) -> i32 {
-    const BLOCK: usize = 256;
-    let mut best = f32::NEG_INFINITY;
-    let mut best_block = 0usize;
-    for (b, block) in logits.chunks(BLOCK).enumerate() {
-        let mut lanes = [f32::NEG_INFINITY; 8];
-        let mut eights = block.chunks_exact(8);
-        for eight in &mut eights {
-            for (lane, &x) in lanes.iter_mut().zip(eight) {
-                *lane = lane.max(x);
-            }
-        }
-        let block_max = lanes
-            .iter()
-            .chain(eights.remainder())
-            .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        if block_max > best {
-            best = block_max;
-            best_block = b;
-        }
-    }
-    let start = best_block * BLOCK;
-    let offset = logits[start..].iter().position(|&x| x == best).unwrap_or(0);
-    i32::try_from(start + offset).unwrap_or(i32::MAX)
-}
-
-fn build_chain(model: &LlamaModel, p: &SamplingParams) -> LlamaSampler {
-    let mut chain = Vec::new();
-    if let Some(penalty) = p.repeat_penalty {
-        chain.push(LlamaSampler::penalties(
-            model.n_vocab(),
-            PENALTY_LAST_N,
-            penalty,
-            0.0,
-            0.0,
-        ));
-    }
-    if p.temperature == 0.0 {
-        chain.push(LlamaSampler::greedy());
-    } else {
-        if let Some(k) = p.top_k {
-            chain.push(LlamaSampler::top_k(k));
-        }
-        if let Some(top_p) = p.top_p {
-            chain.push(LlamaSampler::top_p(top_p, 1));
-        }
-        if let Some(min_p) = p.min_p {
-            chain.push(LlamaSampler::min_p(min_p, 1));
-        }
-        chain.push(LlamaSampler::temp(p.temperature));
-        chain.push(LlamaSampler::dist(p.seed.unwrap_or(RANDOM_SEED)));
-    }
-    LlamaSampler::chain_simple(chain)
-}
-
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
-}
-
-#[cfg(test)]
-mod tests {
-    use super::argmax;
-
-    #[test]
-    fn argmax_takes_the_first_of_equal_maxima() {
-        assert_eq!(argmax(&[0.5, 2.0, -1.0, 2.0]), 1);
-        assert_eq!(argmax(&[-3.0, -2.0, -7.0]), 1);
-        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY, 0.0]), 2);
-        assert_eq!(argmax(&[f32::NAN, 1.0, f32::NAN]), 1);
-    }
-
-    /// Against the one-compare-per-logit definition, across block and lane boundaries.
-    #[test]
-    fn argmax_agrees_with_a_linear_scan() {
-        let linear = |v: &[f32]| {
-            let mut best = 0;
-            for (i, &x) in v.iter().enumerate() {
-                if x > v[best] {
-                    best = i;
-                }
-            }
-            best as i32
-        };
-        for len in [1usize, 7, 8, 9, 255, 256, 257, 1000, 262_144] {
-            let mut v: Vec<f32> = (0..len).map(|i| ((i * 7919) % 1009) as f32).collect();
-            assert_eq!(argmax(&v), linear(&v), "len {len}");
-            // a tie later in the vector: the first one wins
-            if len > 600 {
-                v[300] = 5000.0;
-                v[len - 1] = 5000.0;
-                assert_eq!(argmax(&v), 300, "len {len}");
-            }
-        }
-    }
 }
