@@ -19,6 +19,10 @@ fi
 command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || need+=(python3-pip)
 command -v unzip >/dev/null 2>&1 || need+=(unzip)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# strace, for tests/fsync.rs (only for the test command)
+if [ "${INFERNO_SETUP_TESTS:-0}" = 1 ]; then
+  command -v strace >/dev/null 2>&1 || need+=(strace)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   SUDO=""

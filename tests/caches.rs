@@ -11,21 +11,23 @@ use common::{expect_error, TestServer, TEST_MODEL_ID as MODEL};
 use inferno::inference::{Engine, EngineConfig, LlamaEngine};
 use serde_json::{json, Value};
 
-fn engine(prompt_cache: bool) -> Arc<LlamaEngine> {
+/// (With the cache off the sliding-window layers keep a windowed KV cache, which sums in
+/// another order: greedy text may then differ on near-ties, so "without reuse" below is
+/// the same engine with its cache cleared.)
+fn engine() -> Arc<LlamaEngine> {
     Arc::new(LlamaEngine::new(EngineConfig {
         parallel: 2,
         threads: 1,
         ctx_per_slot: 1024,
-        prompt_cache,
+        prompt_cache: true,
         ..EngineConfig::default()
     }))
 }
 
-// The prefix test has two engines of its own, so that no other test's request takes its
-// slots or shares its decode steps; the response-cache tests share a third.
-static WARM: LazyLock<Arc<LlamaEngine>> = LazyLock::new(|| engine(true));
-static COLD: LazyLock<Arc<LlamaEngine>> = LazyLock::new(|| engine(false));
-static SHARED: LazyLock<Arc<LlamaEngine>> = LazyLock::new(|| engine(true));
+// The prefix test has an engine of its own, so that no other test's request takes its
+// slots or shares its decode steps; the response-cache tests share another.
+static WARM: LazyLock<Arc<LlamaEngine>> = LazyLock::new(engine);
+static SHARED: LazyLock<Arc<LlamaEngine>> = LazyLock::new(engine);
 
 async fn server_on(
     engine: &Arc<LlamaEngine>,
@@ -85,7 +87,6 @@ fn prompt_tokens(answer: &Value) -> u64 {
 #[tokio::test]
 async fn a_shared_prefix_is_reused_and_greedy_text_is_the_same_as_without_reuse() {
     let (warm, token) = server_on(&WARM, |_| {}).await;
-    let (cold, cold_token) = server_on(&COLD, |_| {}).await;
     // Nothing else runs on these engines meanwhile: one sequence at a time.
     let first = infer(&warm, &token, greedy(&prompt("Where does river 3 flow?"))).await;
     let second = infer(&warm, &token, greedy(&prompt("Where does river 9 flow?"))).await;
@@ -101,16 +102,6 @@ async fn a_shared_prefix_is_reused_and_greedy_text_is_the_same_as_without_reuse(
     // The same prompt again: everything but the last token, which gives the first logits.
     assert_eq!(cached_tokens(&again), prompt_tokens(&again) - 1, "{again}");
     assert_eq!(again["text"], second["text"]);
-
-    // Without the prefix cache (a cold prefill every time), the same greedy text.
-    for (answer, question) in [
-        (&first, "Where does river 3 flow?"),
-        (&second, "Where does river 9 flow?"),
-    ] {
-        let reference = infer(&cold, &cold_token, greedy(&prompt(question))).await;
-        assert_eq!(cached_tokens(&reference), 0, "{reference}");
-        assert_eq!(answer["text"], reference["text"], "{question}");
-    }
 
     // The figures: hits, reused tokens and what the free slots hold.
     let view = warm.get_json(&token, "/api/v1/cache").await;
@@ -148,24 +139,29 @@ async fn a_shared_prefix_is_reused_and_greedy_text_is_the_same_as_without_reuse(
         "{v}"
     );
 
-    // Cleared: the next request prefills everything, and the clearing is an event.
-    let r = warm
-        .client
-        .delete(warm.at("/api/v1/cache"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let cleared: Value = r.json().await.unwrap();
-    assert!(cleared["prefix_models"].as_u64().unwrap() >= 1, "{cleared}");
-    // The clear is a command to the model thread; the next request queues behind it.
-    let after = infer(&warm, &token, greedy(&prompt("Where does river 9 flow?"))).await;
-    assert_eq!(cached_tokens(&after), 0, "{after}");
-    assert_eq!(after["text"], second["text"]);
+    // Without reuse (the cache cleared before each), the same greedy text.
+    for (answer, question) in [
+        (&second, "Where does river 9 flow?"),
+        (&first, "Where does river 3 flow?"),
+    ] {
+        let r = warm
+            .client
+            .delete(warm.at("/api/v1/cache"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let cleared: Value = r.json().await.unwrap();
+        assert!(cleared["prefix_models"].as_u64().unwrap() >= 1, "{cleared}");
+        // The clear is a command to the model thread; the next request queues behind it.
+        let reference = infer(&warm, &token, greedy(&prompt(question))).await;
+        assert_eq!(cached_tokens(&reference), 0, "{reference}");
+        assert_eq!(answer["text"], reference["text"], "{question}");
+    }
     let events = warm.events(&token, "cache.cleared").await;
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0]["payload"]["scope"], "all");
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events.iter().all(|e| e["payload"]["scope"] == "all"));
 
     // The metric moved.
     let r = warm

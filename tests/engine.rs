@@ -51,6 +51,10 @@ static ENGINE: LazyLock<LlamaEngine> = LazyLock::new(|| {
         ctx_per_slot: 512,
         batch_size: 128,
         max_loaded: 2,
+        // The known texts below were recorded with the windowed sliding-window KV cache;
+        // the full-size one the prefix cache needs sums in another order, and greedy takes
+        // another near-tie token on one of these prompts (tests/caches.rs covers that mode).
+        prompt_cache: false,
         ..EngineConfig::default()
     })
 });

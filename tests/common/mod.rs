@@ -413,9 +413,25 @@ pub fn listening_url(log: &str) -> Option<String> {
 
 /// Starts `inferno serve` on port 0 with `data_dir`, extra env, and waits for readiness.
 pub async fn spawn_server(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Spawned {
+    spawn_server_under(&[], data_dir, env).await
+}
+
+/// [`spawn_server`] run by `wrapper` (e.g. `strace ... --`): the child is the wrapper.
+pub async fn spawn_server_under(
+    wrapper: &[&str],
+    data_dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Spawned {
     let stderr_log = data_dir.with_extension(format!("stderr-{}.log", uuid::Uuid::new_v4()));
     let stderr = std::fs::File::create(&stderr_log).unwrap();
-    let mut cmd = std::process::Command::new(inferno_bin());
+    let mut cmd = match wrapper.split_first() {
+        None => std::process::Command::new(inferno_bin()),
+        Some((program, args)) => {
+            let mut c = std::process::Command::new(program);
+            c.args(args).arg(inferno_bin());
+            c
+        }
+    };
     cmd.args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("INFERNO_ADMIN_PASSWORD", ADMIN_PASSWORD)

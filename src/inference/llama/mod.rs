@@ -285,8 +285,8 @@ impl Batcher<'_, '_> {
     /// so the gauges are back at zero before the thread blocks idle).
     fn report_occupancy(&self) {
         let busy = self.slots.iter().flatten().count();
-        let running: usize = self.slots.iter().flatten().map(|s| s.n_past).sum();
-        let kv_used = running + self.worker.prefix.cached_tokens.load(Ordering::Relaxed);
+        // Cells kept for the prefix cache are free for the next sequence: not "used".
+        let kv_used = self.slots.iter().flatten().map(|s| s.n_past).sum();
         let capacity = self.worker.cfg.ctx_per_slot as usize * self.slots.len();
         self.metrics
             .occupancy(busy, self.queue.len(), kv_used, capacity);

@@ -13,6 +13,11 @@ use std::time::Instant;
 
 use llama_cpp_2::token::LlamaToken;
 
+/// Shortest common prefix worth keeping: shorter ones (every prompt shares its BOS token)
+/// are prefilled again, so that a hit means a real shared prefix (vLLM caches whole blocks
+/// of 16 tokens for the same reason).
+pub(super) const MIN_REUSE: usize = 16;
+
 /// What one slot's KV cells hold while no sequence uses it.
 #[derive(Debug, Default)]
 pub(super) struct SlotCache {
@@ -62,7 +67,10 @@ pub(super) fn choose_slot(
     let keep_most = prompt.len().saturating_sub(1);
     (0..caches.len())
         .filter(|&i| free(i))
-        .map(|i| (i, common_prefix(&caches[i].tokens, prompt).min(keep_most)))
+        .map(|i| {
+            let shared = common_prefix(&caches[i].tokens, prompt).min(keep_most);
+            (i, if shared < MIN_REUSE { 0 } else { shared })
+        })
         // The longest prefix; among equals, the least recently used (never used first).
         .max_by(|(a, pa), (b, pb)| {
             pa.cmp(pb)
@@ -87,28 +95,41 @@ mod tests {
         }
     }
 
+    /// `MIN_REUSE` shared tokens, then `tail`.
+    fn with_prefix(tail: &[i32]) -> Vec<i32> {
+        (100..100 + MIN_REUSE as i32)
+            .chain(tail.iter().copied())
+            .collect()
+    }
+
     #[test]
     fn the_longest_common_prefix_among_free_slots_wins() {
         let caches = [
-            cache(&[1, 2, 3, 4, 5], Some(10)),
-            cache(&[1, 2, 9], Some(5)),
-            cache(&[1, 2, 3, 4, 5, 6, 7], Some(1)),
+            cache(&with_prefix(&[1, 2, 3, 4, 5]), Some(10)),
+            cache(&with_prefix(&[1, 2, 9]), Some(5)),
+            cache(&with_prefix(&[1, 2, 3, 4, 5, 6, 7]), Some(1)),
         ];
-        let prompt = toks(&[1, 2, 3, 4, 5, 6, 8]);
-        assert_eq!(choose_slot(&caches, |_| true, &prompt), Some((2, 6)));
-        // slot 2 busy: slot 0 keeps 5
-        assert_eq!(choose_slot(&caches, |i| i != 2, &prompt), Some((0, 5)));
+        let prompt = toks(&with_prefix(&[1, 2, 3, 4, 5, 6, 8]));
+        let n = MIN_REUSE;
+        assert_eq!(choose_slot(&caches, |_| true, &prompt), Some((2, n + 6)));
+        // slot 2 busy: slot 0 keeps 5 more
+        assert_eq!(choose_slot(&caches, |i| i != 2, &prompt), Some((0, n + 5)));
         assert_eq!(choose_slot(&caches, |_| false, &prompt), None);
     }
 
     #[test]
     fn the_last_prompt_token_is_always_decoded_again() {
-        let caches = [cache(&[1, 2, 3, 4], Some(1))];
-        assert_eq!(
-            choose_slot(&caches, |_| true, &toks(&[1, 2, 3])),
-            Some((0, 2))
-        );
-        assert_eq!(choose_slot(&caches, |_| true, &toks(&[1])), Some((0, 0)));
+        let caches = [cache(&with_prefix(&[1, 2, 3, 4]), Some(1))];
+        let prompt = toks(&with_prefix(&[1, 2, 3]));
+        let n = MIN_REUSE;
+        assert_eq!(choose_slot(&caches, |_| true, &prompt), Some((0, n + 2)));
+    }
+
+    #[test]
+    fn a_prefix_shorter_than_min_reuse_is_prefilled_again() {
+        let caches = [cache(&[1, 2, 3, 4, 5, 6], Some(1))];
+        let prompt = toks(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(choose_slot(&caches, |_| true, &prompt), Some((0, 0)));
     }
 
     #[test]
