@@ -119,12 +119,22 @@ fn systemd_unit_is_hardened() {
     families.sort_unstable();
     assert_eq!(families, ["AF_INET", "AF_INET6", "AF_UNIX"]);
     let filters = &service["SystemCallFilter"];
-    assert!(filters.iter().any(|f| f == "@system-service"), "{filters:?}");
+    assert!(
+        filters.iter().any(|f| f == "@system-service"),
+        "{filters:?}"
+    );
     assert!(filters.iter().any(|f| f == "~@privileged"), "{filters:?}");
     // Longer than the server's own drain ([server] shutdown_timeout_secs, 30 s by default).
-    let stop: u64 = one("TimeoutStopSec").parse().expect("TimeoutStopSec in seconds");
-    let drain = inferno::config::Config::default().server.shutdown_timeout_secs;
-    assert!(stop > drain, "TimeoutStopSec {stop} <= shutdown_timeout_secs {drain}");
+    let stop: u64 = one("TimeoutStopSec")
+        .parse()
+        .expect("TimeoutStopSec in seconds");
+    let drain = inferno::config::Config::default()
+        .server
+        .shutdown_timeout_secs;
+    assert!(
+        stop > drain,
+        "TimeoutStopSec {stop} <= shutdown_timeout_secs {drain}"
+    );
     assert!(unit["Install"]["WantedBy"].contains(&"multi-user.target".to_string()));
 
     // ExecStart is a command line the real CLI accepts, with the paths the unit prepares.
@@ -214,7 +224,10 @@ fn dockerfile() -> Vec<(String, String)> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
             let (op, rest) = l.split_once(char::is_whitespace).unwrap_or((&l, ""));
-            (op.to_ascii_uppercase(), rest.split_whitespace().collect::<Vec<_>>().join(" "))
+            (
+                op.to_ascii_uppercase(),
+                rest.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
         })
         .collect()
 }
@@ -225,7 +238,11 @@ fn dockerfile_builds_in_one_stage_and_runs_unprivileged_in_another() {
     let froms: Vec<usize> = (0..all.len()).filter(|&i| all[i].0 == "FROM").collect();
     assert_eq!(froms.len(), 2, "two stages: {all:?}");
     assert_eq!(all[froms[0]].1, "rust:1.95-bookworm AS build");
-    assert!(all[froms[1]].1.starts_with("debian:bookworm-slim"), "{:?}", all[froms[1]]);
+    assert!(
+        all[froms[1]].1.starts_with("debian:bookworm-slim"),
+        "{:?}",
+        all[froms[1]]
+    );
     let (build, run) = (&all[froms[0]..froms[1]], &all[froms[1]..]);
     let args = |stage: &[(String, String)], op: &str| -> Vec<String> {
         stage
@@ -243,7 +260,9 @@ fn dockerfile_builds_in_one_stage_and_runs_unprivileged_in_another() {
 
     let copies = args(run, "COPY");
     assert!(
-        copies.iter().any(|c| c.starts_with("--from=build") && c.ends_with("/usr/local/bin/inferno")),
+        copies
+            .iter()
+            .any(|c| c.starts_with("--from=build") && c.ends_with("/usr/local/bin/inferno")),
         "the binary is copied from the build stage: {copies:?}"
     );
     let users = args(run, "USER");
@@ -253,9 +272,15 @@ fn dockerfile_builds_in_one_stage_and_runs_unprivileged_in_another() {
     // The image's data dir is the volume, owned by that user.
     assert_eq!(args(run, "VOLUME"), ["[\"/var/lib/inferno\"]"]);
     let env = args(run, "ENV").join(" ");
-    assert!(env.contains("INFERNO_STORAGE__DATA_DIR=/var/lib/inferno"), "{env}");
+    assert!(
+        env.contains("INFERNO_STORAGE__DATA_DIR=/var/lib/inferno"),
+        "{env}"
+    );
     assert!(env.contains("INFERNO_SERVER__BIND=0.0.0.0:8080"), "{env}");
-    assert!(!args(run, "RUN").join(" ").contains("cargo"), "no toolchain in the image");
+    assert!(
+        !args(run, "RUN").join(" ").contains("cargo"),
+        "no toolchain in the image"
+    );
     assert!(args(run, "RUN")
         .join(" ")
         .contains(&format!("--uid {user}")));
