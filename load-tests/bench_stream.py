@@ -202,12 +202,13 @@ class InfernoServer(bi.InfernoHttp):
     def make_client(self):
         login = {"username": "admin", "password": self.password}
         token = bi.http_json("POST", f"{self.base}/api/v1/auth/login", login)["token"]
-        self.key = bi.http_json(
+        # not `self.key`: that is the subject's name, which the server class logs
+        self.api_key = bi.http_json(
             "POST", f"{self.base}/api/v1/auth/api-keys",
             {"name": "bench", "permissions": ["run_inference", "use_streaming", "read_models"],
              "rate_limit_per_minute": 1000000},
             {"Authorization": f"Bearer {token}"})["key"]
-        return bi.InfernoClient(self.base, self.key, self.args.timeout)
+        return bi.InfernoClient(self.base, self.api_key, self.args.timeout)
 
 
 def main():
@@ -235,8 +236,8 @@ def main():
         servers.append(inferno)
         llama = bi.LlamaCpp(args, workdir)
         servers.append(llama)
-        clients = [InfernoSse(inferno.base, inferno.key, args.timeout),
-                   InfernoPlain(inferno.base, inferno.key, args.timeout),
+        clients = [InfernoSse(inferno.base, inferno.api_key, args.timeout),
+                   InfernoPlain(inferno.base, inferno.api_key, args.timeout),
                    LlamaSse(llama.base, args.timeout)]
         for c in clients:
             c.complete("Hello", 8)  # warm-up
@@ -249,7 +250,7 @@ def main():
                     results[c.name][ph].append(r)
                     print(f"pass {npass + 1}/{args.passes} {ph:<12} {c.name:<14} {r['tokens_per_second']:7.1f} tok/s "
                           f"TTFT mean {r['ttft_ms_mean']:7.1f} ms", flush=True)
-        fan = fan_out(inferno.base, inferno.key, args.consumers, args.max_tokens, args.timeout)
+        fan = fan_out(inferno.base, inferno.api_key, args.consumers, args.max_tokens, args.timeout)
     finally:
         for s in servers:
             s.stop()
