@@ -12,6 +12,9 @@ Normally started by ops/bench-stream.sh. Reuses the servers of bench_inference.p
 
 usage: bench_stream.py --inferno-bin BIN --model GGUF [--threads 2] [--parallel 8]
                        [--max-tokens 128] [--rounds 2] [--passes 2] [--consumers 50]
+                       [--jsonl-out F]
+
+--jsonl-out appends the table's figures as JSON lines (the format of ops/bench-report.py).
 """
 
 import argparse
@@ -225,6 +228,7 @@ def main():
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--consumers", type=int, default=50)
     ap.add_argument("--timeout", type=int, default=300)
+    ap.add_argument("--jsonl-out", help="append the table's figures as JSON lines here")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, bi.on_sigterm)
     args.model = os.path.abspath(args.model)
@@ -280,6 +284,23 @@ def main():
     print(f"\nfan-out: {fan['consumers']} SSE consumers of one job ({fan['tokens']} tokens): "
           f"{fan['complete']} received every piece in order and the job's exact text, "
           f"{len(fan['errors'])} errors, {fan['wall_s']:.2f} s")
+    if args.jsonl_out:
+        subjects = {"inferno-sse": "inferno-sse", "inferno-json": "inferno-json", "llama.cpp-sse": "llama.cpp"}
+        cases = {"single": "single request", "concurrent8": "8 concurrent"}
+        with open(args.jsonl_out, "a") as f:
+            def figure(case, metric, subject, value):
+                f.write(json.dumps({"bench": "stream", "case": case, "metric": metric, "subject": subject,
+                                    "value": value, "max_tokens": args.max_tokens, "passes": args.passes}) + "\n")
+            for ph in PHASES:
+                for name, subject in subjects.items():
+                    rs = results[name][ph]
+                    figure(cases[ph], "tokens/s", subject, max(r["tokens_per_second"] for r in rs))
+                    figure(cases[ph], "TTFT ms (client, median of passes)", subject,
+                           med([r["ttft_ms_mean"] for r in rs]))
+            case = f"fan-out: {fan['consumers']} SSE consumers of one job"
+            figure(case, "complete streams", "inferno-sse", fan["complete"])
+            figure(case, "errors", "inferno-sse", len(fan["errors"]))
+            figure(case, "s", "inferno-sse", fan["wall_s"])
     return 0 if fan["complete"] == fan["consumers"] else 1
 
 
