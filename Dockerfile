@@ -26,11 +26,11 @@ RUN cargo build --release --locked --bin inferno --features "${FEATURES}" \
 
 # ---- run ----------------------------------------------------------------------------------
 FROM debian:bookworm-slim
-# libgomp1: llama.cpp's OpenMP threads; ca-certificates: TLS to NATS and PostgreSQL;
-# curl: the health check.
+# The binary links libgomp (llama.cpp's OpenMP threads) and libstdc++; ca-certificates: TLS
+# to NATS and PostgreSQL; curl: the health check.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libgomp1 ca-certificates curl \
+    && apt-get install -y --no-install-recommends libgomp1 libstdc++6 ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/inferno \
         --shell /usr/sbin/nologin inferno \
