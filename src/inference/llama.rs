@@ -52,20 +52,12 @@ const RANDOM_SEED: u32 = u32::MAX;
 /// How many recent tokens the repeat penalty looks at (llama.cpp's default).
 const PENALTY_LAST_N: i32 = 64;
 
-/// Where a model's layers go: `[models] gpu_layers` and `main_gpu`, engine-wide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a model's layers go: `[models] gpu_layers` and `main_gpu`, engine-wide. Default: all
+/// layers on GPU 0 on a build with a GPU backend, none on the CPU build.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct GpuOffload {
     pub(super) layers: GpuLayers,
     pub(super) main_gpu: u32,
-}
-
-impl Default for GpuOffload {
-    fn default() -> Self {
-        Self {
-            layers: GpuLayers::build_default(),
-            main_gpu: 0,
-        }
-    }
 }
 
 /// `llama_backend_init` may run once per process; every model thread shares this.
