@@ -8,6 +8,10 @@
 //!
 //! With `EVENTS_BENCH_DIR=/some/dir` the log is kept there instead; when it already holds
 //! at least N events the append phases are skipped (to time verify/open/replay again).
+//!
+//! With `EVENTS_BENCH_JSONL=FILE` every figure is also appended to FILE as one JSON line
+//! (`{"bench":"events","case":..,"metric":..,"subject":"inferno","value":..}`, the format
+//! `ops/bench-report.py` reads); the printed lines stay as they are.
 
 // The server's allocator, so the figures are the server's.
 #[global_allocator]
@@ -66,6 +70,26 @@ fn ctx() -> EventContext {
         request_id: Some("bench".into()),
         client_ip: None,
     }
+}
+
+/// Appends one figure to `EVENTS_BENCH_JSONL`, when set.
+fn figure(case: &str, metric: &str, value: f64) {
+    let Some(path) = std::env::var_os("EVENTS_BENCH_JSONL") else {
+        return;
+    };
+    let line = serde_json::json!({
+        "bench": "events", "case": case, "metric": metric, "subject": "inferno", "value": value,
+    });
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open EVENTS_BENCH_JSONL");
+    std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes()).expect("write figure");
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -157,6 +181,9 @@ async fn tree_cost() -> Result<(), Box<dyn std::error::Error>> {
         v[v.len() / 2]
     };
     let (a, b) = (median(&mut on), median(&mut off));
+    figure("64 appenders, tree on", "events/s", a);
+    figure("64 appenders, tree off", "events/s", b);
+    figure("tree on / off", "ratio", a / b);
     println!(
         "tree on vs off, 64 appenders:  {a:>10.0} vs {b:.0} events/s  (ratio {:.3}; rounds on {on:.0?} off {off:.0?})",
         a / b
@@ -164,8 +191,10 @@ async fn tree_cost() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn pcts(mut v: Vec<Duration>) -> String {
+fn pcts(case: &str, mut v: Vec<Duration>) -> String {
     v.sort_unstable();
+    figure(case, "p50 ms", ms(pct(&v, 0.5)));
+    figure(case, "p99 ms", ms(pct(&v, 0.99)));
     format!("p50 {:?}  p99 {:?}", pct(&v, 0.5), pct(&v, 0.99))
 }
 
@@ -190,8 +219,11 @@ fn proofs_and_export(store: &EventStore) -> Result<(), Box<dyn std::error::Error
         store.consistency_proof(m, n)?;
         con.push(t.elapsed());
     }
-    println!("inclusion proof at {n}:  {}", pcts(inc));
-    println!("consistency proof to {n}: {}", pcts(con));
+    println!("inclusion proof at {n}:  {}", pcts("inclusion proof", inc));
+    println!(
+        "consistency proof to {n}: {}",
+        pcts("consistency proof", con)
+    );
 
     let mut data = Vec::new();
     for e in store.export_after(0, usize::MAX)? {
@@ -204,6 +236,7 @@ fn proofs_and_export(store: &EventStore) -> Result<(), Box<dyn std::error::Error
     let t = Instant::now();
     let report = inferno::audit::verify_export::verify_export(&data, &note, &vkey, |_| {})?;
     let secs = t.elapsed().as_secs_f64();
+    figure("verify-export", "events/s", report.events as f64 / secs);
     println!(
         "verify-export:                 {:>10.0} events/s  ({} events, {} MB, in {secs:.2}s)",
         report.events as f64 / secs,
@@ -216,6 +249,9 @@ fn proofs_and_export(store: &EventStore) -> Result<(), Box<dyn std::error::Error
 async fn append_phases(store: &EventStore, n: u64) {
     let per = (n / 4).clamp(10, 500);
     let (rate, lat) = run_single_event_appends(store, 1, per).await;
+    figure("1 appender, 1 event/append", "events/s", rate);
+    figure("1 appender, 1 event/append", "p50 ms", ms(pct(&lat, 0.5)));
+    figure("1 appender, 1 event/append", "p99 ms", ms(pct(&lat, 0.99)));
     println!(
         "1 appender, 1 event/append:    {rate:>10.0} events/s  p50 {:?}  p99 {:?}  ({} appends)",
         pct(&lat, 0.5),
@@ -224,6 +260,13 @@ async fn append_phases(store: &EventStore, n: u64) {
     );
     let per = (n / 64).clamp(10, 500);
     let (rate, lat) = run_single_event_appends(store, 64, per).await;
+    figure("64 appenders, 1 event/append", "events/s", rate);
+    figure("64 appenders, 1 event/append", "p50 ms", ms(pct(&lat, 0.5)));
+    figure(
+        "64 appenders, 1 event/append",
+        "p99 ms",
+        ms(pct(&lat, 0.99)),
+    );
     println!(
         "64 appenders, 1 event/append:  {rate:>10.0} events/s  p50 {:?}  p99 {:?}  ({} appends)",
         pct(&lat, 0.5),
@@ -253,6 +296,11 @@ async fn append_phases(store: &EventStore, n: u64) {
     }
     let filled = store.head().0 - have;
     let secs = start.elapsed().as_secs_f64();
+    figure(
+        "64 appenders, 4 events/append",
+        "events/s",
+        filled as f64 / secs,
+    );
     println!(
         "64 appenders, 4 events/append: {:>10.0} events/s  ({filled} events in {secs:.1}s)",
         filled as f64 / secs
@@ -269,6 +317,7 @@ async fn verify_open_replay(
     let report = tokio::task::spawn_blocking(move || s.verify()).await?;
     let secs = start.elapsed().as_secs_f64();
     assert!(report.ok, "{report:?}");
+    figure("verify", "events/s", total as f64 / secs);
     println!(
         "verify:                        {:>10.0} events/s  ({total} events in {secs:.2}s)",
         total as f64 / secs
@@ -278,12 +327,22 @@ async fn verify_open_replay(
 
     let start = Instant::now();
     let store = EventStore::open(dir, default_projections(), StoreOptions::default())?;
+    figure(
+        &format!("start-up with {total} events"),
+        "ms",
+        ms(start.elapsed()),
+    );
     println!("open (start-up) with {total} events: {:?}", start.elapsed());
     store.shutdown().await;
     drop(store);
 
     let start = Instant::now();
     let r = admin::replay(dir, false)?;
+    figure(
+        &format!("replay of {} events", r.events),
+        "s",
+        start.elapsed().as_secs_f64(),
+    );
     println!(
         "replay of {} events:           {:.2}s  (records: {:?})",
         r.events,

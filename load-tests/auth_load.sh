@@ -7,14 +7,15 @@
 # then prints requests/s and p99 latency for each, with ratios to /health.
 #
 # usage: load-tests/auth_load.sh            env: WRK_THREADS (2) WRK_CONNECTIONS (32) WRK_DURATION (10s)
-#                                                 WRK_ROUNDS (1)
+#                                                 WRK_ROUNDS (1) BENCH_JSONL (unset)
 # With WRK_ROUNDS=N the three runs are repeated N times in turn (health, key, JWT, health, ...)
 # and the table shows medians: each round's ratios are taken within the round, so load from
 # other processes that comes and goes between rounds does not skew them.
 # Needs wrk (apt-get install -y wrk), curl and python3. Builds the dev-profile binary if needed;
 # set INFERNO_BIN to use another binary. The access log stays at the configured level (info:
 # one line per request, to a file), as in production; INFERNO_LOGGING__LEVEL=warn drops it.
-# Stops the server and removes the data dir on exit.
+# Stops the server and removes the data dir on exit. With BENCH_JSONL=FILE the table's figures
+# are also appended to FILE as JSON lines (ops/bench-all.sh, ops/bench-report.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,9 +46,9 @@ for round in $(seq 1 "$ROUNDS"); do
     run "jwt.$round" -H "Authorization: Bearer $token" "$base/api/v1/auth/me"
 done
 
-python3 - "$work" "$ROUNDS" <<'PY'
-import re, statistics, sys
-work, rounds = sys.argv[1], int(sys.argv[2])
+python3 - "$work" "$ROUNDS" "${BENCH_JSONL:-}" <<'PY'
+import json, re, statistics, sys
+work, rounds, jsonl = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def to_ms(v):
     m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
     n, u = float(m.group(1)), m.group(2)
@@ -83,4 +84,11 @@ print("-" * 98)
 print("req/s ratio < 1 and p99 ratio > 1 = the cost of authentication (and rate limiting) per request")
 if any(r[6] for r in rows):
     print("WARNING: some responses were not 2xx (see above); those figures do not measure success paths")
+if jsonl:
+    with open(jsonl, "a") as f:
+        for label, rps, p50, p99, ratio, p99_ratio, bad, _ in rows:
+            for metric, value in (("req/s", rps), ("p50 ms", p50), ("p99 ms", p99),
+                                  ("req/s vs /health", ratio), ("non-2xx", bad)):
+                f.write(json.dumps({"bench": "auth", "case": label, "metric": metric,
+                                    "subject": "inferno", "value": value, "rounds": rounds}) + "\n")
 PY

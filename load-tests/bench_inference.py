@@ -14,7 +14,10 @@ child process of this script (`serve-llamacpp` mode, which needs `xllamacpp`).
 usage: bench_inference.py --inferno-bin BIN --engine-bench-bin BIN --model GGUF
                           [--threads 2] [--parallel 8] [--ctx-per-slot 1024]
                           [--max-tokens 128] [--rounds 2] [--passes 1] [--timeout 300]
-                          [--only inproc,http,llama] [--json-out F] [--keep-logs DIR]
+                          [--only inproc,http,llama] [--json-out F] [--jsonl-out F]
+                          [--keep-logs DIR]
+
+--jsonl-out appends the table's figures as JSON lines (the format of ops/bench-report.py).
 """
 
 import argparse
@@ -617,6 +620,42 @@ def print_report(subjects, passes, args):
     )
 
 
+JSONL_SUBJECTS = {"inproc": "inferno-inproc", "http": "inferno-http", "llama": "llama.cpp"}
+JSONL_CASES = {"single": "single request", "concurrent4": "4 concurrent", "concurrent8": "8 concurrent"}
+
+
+def write_jsonl(path, subjects, passes, args):
+    """The best pass per phase and subject, the medians of the paired per-pass ratios, and
+    each server's llama.cpp build, as JSON lines for ops/bench-report.py."""
+    lines = []
+
+    def figure(case, metric, subject, value):
+        if value is not None:
+            lines.append({"bench": "inference", "case": case, "metric": metric, "subject": subject,
+                          "value": value, "max_tokens": args.max_tokens, "passes": args.passes})
+
+    for key, phases in subjects.items():
+        for ph in phases or []:
+            case = JSONL_CASES[ph["name"]]
+            figure(case, "tokens/s", JSONL_SUBJECTS[key], ph["tokens_per_second"])
+            figure(case, "TTFT ms (server)", JSONL_SUBJECTS[key], ph["server_ttft_ms_mean"])
+    for i, phase in enumerate(PHASES):
+        for num in ("http", "inproc"):
+            ratios = sorted(a[i]["tokens_per_second"] / b[i]["tokens_per_second"]
+                            for a, b in zip(passes.get(num) or [], passes.get("llama") or [])
+                            if a and b and a[i] and b[i])
+            if ratios:
+                n = len(ratios)
+                med = ratios[n // 2] if n % 2 else (ratios[n // 2 - 1] + ratios[n // 2]) / 2
+                figure(JSONL_CASES[phase], "tokens/s ÷ llama.cpp, median of paired passes",
+                       JSONL_SUBJECTS[num], med)
+    for key, info in SYSTEM_INFO.items():
+        lines.append({"info": f"llama.cpp build of {key} (system_info)", "value": info})
+    with open(path, "a") as f:
+        for line in lines:
+            f.write(json.dumps(line) + "\n")
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "serve-llamacpp":
         return serve_llamacpp(sys.argv[2:])
@@ -633,6 +672,7 @@ def main():
     ap.add_argument("--timeout", type=int, default=300, help="per-request timeout, seconds")
     ap.add_argument("--only", default="inproc,http,llama", help="subset of inproc,http,llama")
     ap.add_argument("--json-out", help="write all figures as JSON here")
+    ap.add_argument("--jsonl-out", help="append the table's figures as JSON lines here")
     ap.add_argument("--keep-logs", help="copy server logs into this directory")
     args = ap.parse_args()
     # SIGTERM (from the shell's exit trap) unwinds through the `finally` blocks that stop servers
@@ -696,6 +736,8 @@ def main():
         if args.json_out:
             with open(args.json_out, "w") as f:
                 json.dump({"args": vars(args), "prompts": PROMPTS, "system_info": SYSTEM_INFO, "best": subjects, "passes": passes}, f, indent=1)
+        if args.jsonl_out:
+            write_jsonl(args.jsonl_out, subjects, passes, args)
         if args.keep_logs:
             os.makedirs(args.keep_logs, exist_ok=True)
             for name in ("engine_bench.log", "inferno.log", "llamacpp.log"):

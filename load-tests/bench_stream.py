@@ -12,6 +12,9 @@ Normally started by ops/bench-stream.sh. Reuses the servers of bench_inference.p
 
 usage: bench_stream.py --inferno-bin BIN --model GGUF [--threads 2] [--parallel 8]
                        [--max-tokens 128] [--rounds 2] [--passes 2] [--consumers 50]
+                       [--jsonl-out F]
+
+--jsonl-out appends the table's figures as JSON lines (the format of ops/bench-report.py).
 """
 
 import argparse
@@ -202,12 +205,13 @@ class InfernoServer(bi.InfernoHttp):
     def make_client(self):
         login = {"username": "admin", "password": self.password}
         token = bi.http_json("POST", f"{self.base}/api/v1/auth/login", login)["token"]
-        self.key = bi.http_json(
+        # not `self.key`: that is the subject's name, which the server class logs
+        self.api_key = bi.http_json(
             "POST", f"{self.base}/api/v1/auth/api-keys",
             {"name": "bench", "permissions": ["run_inference", "use_streaming", "read_models"],
              "rate_limit_per_minute": 1000000},
             {"Authorization": f"Bearer {token}"})["key"]
-        return bi.InfernoClient(self.base, self.key, self.args.timeout)
+        return bi.InfernoClient(self.base, self.api_key, self.args.timeout)
 
 
 def main():
@@ -224,6 +228,7 @@ def main():
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--consumers", type=int, default=50)
     ap.add_argument("--timeout", type=int, default=300)
+    ap.add_argument("--jsonl-out", help="append the table's figures as JSON lines here")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, bi.on_sigterm)
     args.model = os.path.abspath(args.model)
@@ -235,8 +240,8 @@ def main():
         servers.append(inferno)
         llama = bi.LlamaCpp(args, workdir)
         servers.append(llama)
-        clients = [InfernoSse(inferno.base, inferno.key, args.timeout),
-                   InfernoPlain(inferno.base, inferno.key, args.timeout),
+        clients = [InfernoSse(inferno.base, inferno.api_key, args.timeout),
+                   InfernoPlain(inferno.base, inferno.api_key, args.timeout),
                    LlamaSse(llama.base, args.timeout)]
         for c in clients:
             c.complete("Hello", 8)  # warm-up
@@ -249,7 +254,7 @@ def main():
                     results[c.name][ph].append(r)
                     print(f"pass {npass + 1}/{args.passes} {ph:<12} {c.name:<14} {r['tokens_per_second']:7.1f} tok/s "
                           f"TTFT mean {r['ttft_ms_mean']:7.1f} ms", flush=True)
-        fan = fan_out(inferno.base, inferno.key, args.consumers, args.max_tokens, args.timeout)
+        fan = fan_out(inferno.base, inferno.api_key, args.consumers, args.max_tokens, args.timeout)
     finally:
         for s in servers:
             s.stop()
@@ -279,6 +284,23 @@ def main():
     print(f"\nfan-out: {fan['consumers']} SSE consumers of one job ({fan['tokens']} tokens): "
           f"{fan['complete']} received every piece in order and the job's exact text, "
           f"{len(fan['errors'])} errors, {fan['wall_s']:.2f} s")
+    if args.jsonl_out:
+        subjects = {"inferno-sse": "inferno-sse", "inferno-json": "inferno-json", "llama.cpp-sse": "llama.cpp"}
+        cases = {"single": "single request", "concurrent8": "8 concurrent"}
+        with open(args.jsonl_out, "a") as f:
+            def figure(case, metric, subject, value):
+                f.write(json.dumps({"bench": "stream", "case": case, "metric": metric, "subject": subject,
+                                    "value": value, "max_tokens": args.max_tokens, "passes": args.passes}) + "\n")
+            for ph in PHASES:
+                for name, subject in subjects.items():
+                    rs = results[name][ph]
+                    figure(cases[ph], "tokens/s", subject, max(r["tokens_per_second"] for r in rs))
+                    figure(cases[ph], "TTFT ms (client, median of passes)", subject,
+                           med([r["ttft_ms_mean"] for r in rs]))
+            case = f"fan-out: {fan['consumers']} SSE consumers of one job"
+            figure(case, "complete streams", "inferno-sse", fan["complete"])
+            figure(case, "errors", "inferno-sse", len(fan["errors"]))
+            figure(case, "s", "inferno-sse", fan["wall_s"])
     return 0 if fan["complete"] == fan["consumers"] else 1
 
 

@@ -6,6 +6,8 @@
 # answer. Prints jobs/s, latency, and checks the count against the server's queue.
 #
 # usage: load-tests/queue_load.sh      env: WRK_THREADS (2) WRK_CONNECTIONS (64) WRK_DURATION (10s)
+#                                           BENCH_JSONL (unset: FILE to append the figures to as
+#                                           JSON lines, for ops/bench-all.sh)
 # Needs wrk, curl and python3. Builds the dev-profile binary if needed (INFERNO_BIN to use
 # another). Stops the server and removes the data dir on exit.
 set -euo pipefail
@@ -37,8 +39,8 @@ queued="$(curl -fsS "$base/api/v1/queue" -H "X-API-Key: $key" | python3 -c '
 import json, sys
 v = json.load(sys.stdin)
 print(sum(s["count"] for s in v["by_status"] if s["status"] == "queued"))')"
-python3 - "$work/wrk.txt" "$queued" <<'PY'
-import re, sys
+python3 - "$work/wrk.txt" "$queued" "${BENCH_JSONL:-}" <<'PY'
+import json, re, sys
 text = open(sys.argv[1]).read()
 queued = int(sys.argv[2])
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
@@ -50,4 +52,18 @@ print(f"durable enqueue through the API: {rps:.0f} jobs/s ({total} requests, {ba
       f"the server holds {queued} queued jobs")
 if bad:
     print("WARNING: some responses were not 202; the figure does not measure only accepted jobs")
+if sys.argv[3]:
+    def to_ms(v):
+        m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
+        return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[m.group(2)]
+    case = "POST /api/v1/jobs (queue paused)"
+    figures = [("jobs/s", rps), ("requests", total), ("non-2xx", bad), ("queued on the server", queued)]
+    for p in ("50", "99"):
+        m = re.search(rf"^\s+{p}%\s+(\S+)", text, re.M)
+        if m:
+            figures.append((f"p{p} ms", to_ms(m.group(1))))
+    with open(sys.argv[3], "a") as f:
+        for metric, value in figures:
+            f.write(json.dumps({"bench": "queue", "case": case, "metric": metric,
+                                "subject": "inferno", "value": value}) + "\n")
 PY

@@ -9,7 +9,7 @@
 # (measured here: 2-3% more throughput at 4 and 8 concurrent requests). AVX-512
 # (`target-cpu=native`) is deliberately not used: on the development machine (AMD Zen 5) the
 # AVX2 build of llama.cpp decoded 8 concurrent sequences 1.16x as fast as its AVX-512 build
-# (README, "Build flags"). Set RUSTFLAGS yourself to choose otherwise.
+# (load-tests/HISTORY.md, "Build flags"). Set RUSTFLAGS yourself to choose otherwise.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inferno/target}"
 if [[ -z "${RUSTFLAGS:-}" && "$(uname -m)" == x86_64 ]] && grep -qw avx_vnni /proc/cpuinfo 2>/dev/null; then
     export RUSTFLAGS="-C target-cpu=x86-64-v3 -C target-feature=+avxvnni"

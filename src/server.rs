@@ -352,7 +352,10 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
     );
     let engine: Arc<dyn Engine> = match opts.engine.clone() {
         Some(e) => e,
-        None => Arc::new(LlamaEngine::new(engine_config(&config))),
+        None => Arc::new(
+            LlamaEngine::new(engine_config(&config))
+                .with_gpu(config.models.gpu_layers, config.models.main_gpu),
+        ),
     };
     let catalog = Arc::new(
         Catalog::open(

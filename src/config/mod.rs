@@ -8,7 +8,10 @@
 //! [`live`], which records each change in the event log and replays it over the file and
 //! environment at start-up.
 
+mod gpu;
 pub mod live;
+
+pub use gpu::{GpuLayers, GPU_BACKEND};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -233,6 +236,11 @@ pub struct ModelsConfig {
     pub max_waiting: usize,
     /// Longest a request waits for a free slot before it fails with 503 and Retry-After.
     pub max_wait_secs: u64,
+    /// Layers of each model offloaded to the GPU: a number or "all". Default: all on a
+    /// build with a GPU backend (`--features cuda|vulkan|metal`), 0 on the CPU build.
+    pub gpu_layers: GpuLayers,
+    /// The GPU that holds the model (and its KV cache) when layers are offloaded.
+    pub main_gpu: u32,
 }
 
 impl Default for ModelsConfig {
@@ -247,6 +255,8 @@ impl Default for ModelsConfig {
             max_upload_bytes: 32 * 1024 * 1024 * 1024,
             max_waiting: 64,
             max_wait_secs: 300,
+            gpu_layers: GpuLayers::build_default(),
+            main_gpu: 0,
         }
     }
 }
@@ -535,6 +545,13 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "models.parallel must be at least 1".into(),
             ));
+        }
+        if self.models.main_gpu >= gpu::MAX_DEVICES {
+            return Err(ConfigError::Invalid(format!(
+                "models.main_gpu must be a device index below {}, not {}",
+                gpu::MAX_DEVICES,
+                self.models.main_gpu
+            )));
         }
         if self.models.max_wait_secs == 0 {
             return Err(ConfigError::Invalid(

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::llama::{spawn_model_thread, ModelThread, PrefixStats};
+use super::llama::{spawn_model_thread, GpuOffload, ModelThread, PrefixStats};
 use super::{
     BusyReason, CancelHandle, Engine, EngineConfig, EngineError, EngineStats, GenEvent,
     GenerateRequest, Generation, ModelSpec, PrefixCacheStats, Prompt, SamplingParams,
@@ -23,6 +23,7 @@ use super::{
 #[derive(Debug)]
 pub struct LlamaEngine {
     cfg: EngineConfig,
+    gpu: GpuOffload,
     models: Mutex<Models>,
     counters: Arc<Counters>,
 }
@@ -97,9 +98,18 @@ impl LlamaEngine {
         };
         Self {
             cfg,
+            gpu: GpuOffload::default(),
             models: Mutex::default(),
             counters: Arc::default(),
         }
+    }
+
+    /// Layers of each model offloaded to the GPU and the GPU that holds them
+    /// (`[models] gpu_layers`, `main_gpu`). Default: all layers on GPU 0 on a build with a
+    /// GPU backend, none on the CPU build.
+    pub fn with_gpu(mut self, layers: crate::config::GpuLayers, main_gpu: u32) -> Self {
+        self.gpu = GpuOffload { layers, main_gpu };
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Models> {
@@ -120,6 +130,7 @@ impl LlamaEngine {
         };
         let thread = ModelThread {
             cfg: self.cfg,
+            gpu: self.gpu,
             model_id: spec.id.clone(),
             path: spec.path.clone(),
             commands: rx,

@@ -30,7 +30,7 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::model::{LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{send_logs_to_tracing, LogOptions};
@@ -38,6 +38,7 @@ use llama_cpp_2::{send_logs_to_tracing, LogOptions};
 use super::models::{AliveGuard, Command, Counters, Job};
 use super::text::{StopFilter, Utf8Stream};
 use super::{BusyReason, Completion, EngineConfig, EngineError, FinishReason, GenEvent, Timings};
+use crate::config::GpuLayers;
 use crate::metrics::ModelMetrics;
 use prefix::SlotCache;
 use sampler::Sampler;
@@ -48,14 +49,40 @@ mod prefix;
 mod prompt;
 mod sampler;
 
+/// Where a model's layers go: `[models] gpu_layers` and `main_gpu`, engine-wide. Default: all
+/// layers on GPU 0 on a build with a GPU backend, none on the CPU build.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct GpuOffload {
+    pub(super) layers: GpuLayers,
+    pub(super) main_gpu: u32,
+}
+
 /// `llama_backend_init` may run once per process; every model thread shares this.
-fn backend() -> Result<&'static LlamaBackend, EngineError> {
+fn backend(gpu: GpuOffload) -> Result<&'static LlamaBackend, EngineError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
             send_logs_to_tracing(LogOptions::default());
             let backend = LlamaBackend::init().map_err(|e| e.to_string())?;
-            tracing::info!(system_info = %system_info(), "llama.cpp backend ready");
+            let devices: Vec<String> = llama_cpp_2::list_llama_ggml_backend_devices()
+                .into_iter()
+                .map(|d| format!("{} ({})", d.name, d.description))
+                .collect();
+            tracing::info!(
+                system_info = %system_info(),
+                devices = %devices.join(", "),
+                gpu_offload = backend.supports_gpu_offload(),
+                gpu_layers = %gpu.layers,
+                main_gpu = gpu.main_gpu,
+                "llama.cpp backend ready"
+            );
+            if gpu.layers != GpuLayers::Count(0) && !backend.supports_gpu_offload() {
+                tracing::warn!(
+                    gpu_layers = %gpu.layers,
+                    "models.gpu_layers is set, but this build has no GPU backend (build with \
+                     --features cuda, vulkan or metal): every layer stays on the CPU"
+                );
+            }
             Ok(backend)
         })
         .as_ref()
@@ -91,6 +118,7 @@ pub(super) fn spawn_model_thread(thread: ModelThread) -> std::io::Result<()> {
 /// Everything one model thread owns before the model is loaded.
 pub(super) struct ModelThread {
     pub(super) cfg: EngineConfig,
+    pub(super) gpu: GpuOffload,
     pub(super) model_id: String,
     pub(super) path: PathBuf,
     pub(super) commands: std_mpsc::Receiver<Command>,
@@ -107,8 +135,8 @@ pub(super) struct ModelThread {
 impl ModelThread {
     fn run(self) {
         let started = Instant::now();
-        let loaded = backend().and_then(|backend| {
-            let model = load_model(backend, &self.path)?;
+        let loaded = backend(self.gpu).and_then(|backend| {
+            let model = load_model(backend, &self.path, self.gpu)?;
             Ok((backend, model))
         });
         let (backend, model) = match loaded {
@@ -161,8 +189,17 @@ impl ModelThread {
     }
 }
 
-fn load_model(backend: &LlamaBackend, path: &Path) -> Result<LlamaModel, EngineError> {
-    LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+fn load_model(
+    backend: &LlamaBackend,
+    path: &Path,
+    gpu: GpuOffload,
+) -> Result<LlamaModel, EngineError> {
+    // One model on one GPU (`main_gpu`); llama.cpp ignores both on a build without one.
+    let params = LlamaModelParams::default()
+        .with_n_gpu_layers(gpu.layers.llama_value())
+        .with_split_mode(LlamaSplitMode::None)
+        .with_main_gpu(i32::try_from(gpu.main_gpu).unwrap_or(i32::MAX));
+    LlamaModel::load_from_file(backend, path, &params)
         .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))
 }
 
