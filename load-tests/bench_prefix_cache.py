@@ -86,6 +86,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--timeout", type=int, default=300)
     ap.add_argument("--json-out")
+    ap.add_argument("--jsonl-out", help="append the figures as JSON lines for ops/bench-report.py")
     args, _ = ap.parse_known_args()
     args.model = os.path.abspath(args.model)
     args.parallel = max(args.parallel, 2)
@@ -140,6 +141,19 @@ def main():
                   f"{x['warm_ttft_ms']:.1f} | {x['warm_over_cold']:.3f} |")
         print(f"Inferno warm / llama.cpp warm: {inf['warm_ttft_ms'] / lc['warm_ttft_ms']:.2f} "
               f"(target <= 1.1); Inferno cold / llama.cpp cold: {inf['cold_ttft_ms'] / lc['cold_ttft_ms']:.2f}")
+        if args.jsonl_out:
+            with open(args.jsonl_out, "a") as out:
+                for name in ("inferno", "llama.cpp"):
+                    x = report[name]
+                    for case, metric, value in (
+                        ("prompt tokens", "tokens", x["prompt_tokens"]),
+                        ("cached on warm", "tokens", x["cached_tokens"]),
+                        ("cold TTFT", "ms", x["cold_ttft_ms"]),
+                        ("warm TTFT", "ms", x["warm_ttft_ms"]),
+                        ("warm / cold", "ratio", x["warm_over_cold"]),
+                    ):
+                        out.write(json.dumps({"bench": "prefix", "case": case, "metric": metric,
+                                              "subject": name, "value": value}) + "\n")
         if args.json_out:
             with open(args.json_out, "w") as out:
                 json.dump({"benchmark": "prefix_cache", "args": vars(args), "system_info": bi.SYSTEM_INFO,

@@ -3,6 +3,7 @@
 #
 #   inference  ops/bench-inference.sh           (Inferno in-process / HTTP / llama.cpp's server)
 #   stream     ops/bench-inference.sh --stream  (SSE / JSON / llama.cpp's server streaming)
+#   prefix     ops/bench-inference.sh --prefix  (prompt-prefix cache TTFT, cold and warm)
 #   sse        load-tests/sse_load.py           (many SSE consumers of job streams)
 #   mixed      load-tests/mixed_load.sh         (authenticated reads beside inference)
 #   auth       load-tests/auth_load.sh          (wrk: /health vs /auth/me with a key, a JWT)
@@ -25,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source ops/build-env.sh
 
-ALL="inference stream sse mixed auth queue events"
+ALL="inference stream prefix sse mixed auth queue events"
 ONLY="${BENCH_ONLY:-${ALL// /,}}"
 QUICK="${BENCH_QUICK:-0}"
 RESULTS="${1:-$HOME/.cache/inferno/bench-results/$(date -u +%Y%m%dT%H%M%SZ)}"
@@ -52,12 +53,14 @@ BENCH_QUICK="$QUICK" python3 ops/bench-report.py --collect-machine >"$RESULTS/ma
 if [[ "$QUICK" == 1 ]]; then
     wrk_duration=2s; wrk_rounds=1; events_n=20000
     inference_args=(--max-tokens 16 --rounds 1 --passes 1)
+    prefix_args=(--rounds 2)
     stream_args=(--max-tokens 16 --rounds 1 --passes 1 --consumers 10)
     sse_args=(--jobs 2 --consumers 5 --max-tokens 16)
     mixed_env=(WRK_DURATION=3s INFER_MAX_TOKENS=16)
 else
     wrk_duration=8s; wrk_rounds=5; events_n=1000000
     inference_args=(--max-tokens 64 --passes 6)
+    prefix_args=(--rounds 5)
     stream_args=(--passes 3)
     sse_args=(--jobs 4 --consumers 25 --max-tokens 64)
     mixed_env=(WRK_DURATION=10s)
@@ -65,6 +68,7 @@ fi
 
 bench_inference() { ops/bench-inference.sh "${inference_args[@]}" --jsonl-out "$1"; }
 bench_stream() { ops/bench-inference.sh --stream "${stream_args[@]}" --jsonl-out "$1"; }
+bench_prefix() { ops/bench-inference.sh --prefix "${prefix_args[@]}" --jsonl-out "$1"; }
 bench_sse() {
     python3 load-tests/sse_load.py --inferno-bin "$INFERNO_BIN" --model models/gemma-3-270m-q4_k_m.gguf \
         "${sse_args[@]}" --jsonl-out "$1"

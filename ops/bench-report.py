@@ -34,6 +34,11 @@ BENCHES = [
     ("stream", "Streaming", "ops/bench-inference.sh --stream",
      "SSE against the JSON path and llama.cpp's server streaming; TTFT measured by the client. "
      "Then many SSE consumers of one job, checked for loss."),
+    ("prefix", "Prompt-prefix cache", "ops/bench-inference.sh --prefix",
+     "Time to first token of a ~1,000-token shared system prompt plus a short question: cold (the "
+     "first request with that system prompt) and warm (three later questions), medians over rounds, "
+     "beside llama.cpp's server with cache_prompt: true and a full-size sliding-window cache. "
+     "Targets: warm <= 0.2x cold, Inferno warm <= llama.cpp warm x 1.1."),
     ("sse", "SSE consumers", "load-tests/sse_load.py",
      "Many concurrent readers of GET /api/v1/jobs/{id}/stream; first-token latency from each "
      "reader's connect."),
