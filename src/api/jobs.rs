@@ -4,9 +4,12 @@
 //! `manage_queue`; anyone else gets 404, so job ids cannot be probed.
 
 use chrono::{DateTime, Utc};
+use poem::http::StatusCode;
 use poem::web::Data;
+use poem::IntoResponse;
 use poem_openapi::param::{Header, Path, Query};
-use poem_openapi::payload::Json;
+use poem_openapi::payload::{Json, Payload};
+use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
 use poem_openapi::types::ToJSON;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
@@ -104,15 +107,44 @@ pub struct JobAccepted {
     pub links: JobLinks,
 }
 
-#[derive(ApiResponse)]
+/// The answer of `POST /api/v1/jobs`: 202 with the queued job, or 200 with its events
+/// for `"stream": true`.
 pub enum Accepted {
-    /// Queued; follow `links.self`.
-    #[oai(status = 202)]
     Accepted(Json<JobAccepted>),
-    /// `"stream": true`: the job's events (`job`, `queued`, `token`, then `done` or
-    /// `error`).
-    #[oai(status = 200)]
     Stream(Sse),
+}
+
+impl IntoResponse for Accepted {
+    fn into_response(self) -> poem::Response {
+        match self {
+            Accepted::Accepted(j) => j.with_status(StatusCode::ACCEPTED).into_response(),
+            Accepted::Stream(s) => s.into_response(),
+        }
+    }
+}
+
+/// Only the 202 is in the spec: generators (`@hey-api/openapi-ts`) make an operation with
+/// any `text/event-stream` answer an SSE-only call, which could not read the 202. The
+/// streamed answer is the one of `GET /api/v1/jobs/{id}/stream`, documented there.
+impl ApiResponse for Accepted {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: "Queued; follow `links.self`.",
+                status: Some(202),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: <Json<JobAccepted> as Payload>::CONTENT_TYPE,
+                    schema: <Json<JobAccepted> as Payload>::schema_ref(),
+                }],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        <Json<JobAccepted> as Payload>::register(registry);
+    }
 }
 
 #[derive(ApiResponse)]
@@ -123,6 +155,7 @@ pub enum Streamed {
     Stream(Sse),
 }
 
+/// The outcome of a job, present once it completed or was cancelled.
 #[derive(Debug, Object)]
 pub struct JobResult {
     /// Output text (partial for a cancelled job).
@@ -154,7 +187,9 @@ pub struct Job {
     pub worker: Option<String>,
     /// Who cancelled it (a principal id, or `client` when the waiting client went away).
     pub cancelled_by: Option<String>,
-    /// Present once completed or cancelled.
+    // Documented on `JobResult`: a field doc here would wrap its `$ref` in an `allOf`,
+    // which openapi-python-client turns into an inline model named `Job` + `Result`,
+    // clashing with `JobResult` itself.
     pub result: Option<JobResult>,
     /// Present once failed or dead, in the error body's shape.
     pub error: Option<ErrorDetail>,
@@ -275,8 +310,9 @@ impl JobsApi {
     /// `[queue] max_queued_per_principal` queued jobs gets 429 with `Retry-After`.
     ///
     /// `"stream": true` (also needs `use_streaming`) answers 200 with the job's
-    /// server-sent events instead of 202; the client leaving cancels the job unless
-    /// `"detach": true`.
+    /// server-sent events instead of 202, as `GET /api/v1/jobs/{id}/stream` does; the
+    /// client leaving cancels the job unless `"detach": true`. (Only the 202 is listed
+    /// below, so that generated clients read this as a JSON call.)
     #[oai(path = "/api/v1/jobs", method = "post", operation_id = "create_job")]
     async fn create(
         &self,

@@ -21,6 +21,7 @@ pub(crate) mod openai;
 mod queue;
 pub mod routes;
 pub mod security;
+mod spec;
 mod stream;
 mod summary;
 pub mod tls;
@@ -122,7 +123,8 @@ fn apis() -> Apis {
     )
 }
 
-/// The OpenAPI service; the spec it produces is committed as `openapi/openapi.json`.
+/// The OpenAPI service; its spec, through [`spec_json`], is committed as
+/// `openapi/openapi.json`.
 pub fn api_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(apis(), "Inferno", env!("CARGO_PKG_VERSION"))
         .description(
@@ -132,9 +134,10 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
         .server("/")
 }
 
-/// The spec as pretty JSON (what `inferno openapi` prints).
+/// The spec as pretty JSON (what `inferno openapi` prints and `/api/v1/openapi.json`
+/// serves), with optional properties marked nullable (module `api::spec` says why).
 pub fn spec_json() -> String {
-    api_service().spec()
+    spec::with_nullable_optionals(&api_service().spec())
 }
 
 fn cors(cfg: &Config) -> Option<Cors> {
@@ -163,7 +166,12 @@ fn cors(cfg: &Config) -> Option<Cors> {
 /// The whole application endpoint.
 pub fn app(state: AppState) -> impl Endpoint + 'static {
     let service = api_service();
-    let spec = service.spec_endpoint();
+    let spec_body = spec_json();
+    let spec = poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type("application/json; charset=utf-8")
+            .body(spec_body.clone())
+    });
     let docs = service.swagger_ui();
     // Body limits and CORS follow live changes of the configuration.
     let limits_state = state.clone();
