@@ -70,6 +70,25 @@ async fn infer(ts: &TestServer, token: &str, body: Value) -> Value {
     r.json().await.unwrap()
 }
 
+async fn delete(ts: &TestServer, token: &str, path: &str) -> reqwest::Response {
+    ts.client
+        .delete(ts.at(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn patch_config(ts: &TestServer, token: &str, body: Value) -> reqwest::Response {
+    ts.client
+        .patch(ts.at("/api/v1/config"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn greedy(prompt: &str) -> Value {
     json!({"model": MODEL, "prompt": prompt, "max_tokens": 12, "temperature": 0})
 }
@@ -144,13 +163,7 @@ async fn a_shared_prefix_is_reused_and_greedy_text_is_the_same_as_without_reuse(
         (&second, "Where does river 9 flow?"),
         (&first, "Where does river 3 flow?"),
     ] {
-        let r = warm
-            .client
-            .delete(warm.at("/api/v1/cache"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let r = delete(&warm, &token, "/api/v1/cache").await;
         assert_eq!(r.status(), 200);
         let cleared: Value = r.json().await.unwrap();
         assert!(cleared["prefix_models"].as_u64().unwrap() >= 1, "{cleared}");
@@ -299,14 +312,7 @@ async fn entries_survive_a_restart_are_evicted_least_recently_used_first_and_can
     );
 
     // A lower bound, live: the least recently used go until the rest fit.
-    let r = ts
-        .client
-        .patch(ts.at("/api/v1/config"))
-        .bearer_auth(&token)
-        .json(&json!({"cache": {"max_bytes": 1024}}))
-        .send()
-        .await
-        .unwrap();
+    let r = patch_config(&ts, &token, json!({"cache": {"max_bytes": 1024}})).await;
     assert_eq!(r.status(), 200);
     let view = cache_view(&ts, &token).await;
     assert!(view["bytes"].as_u64().unwrap() <= 1024, "{view}");
@@ -325,14 +331,7 @@ async fn entries_survive_a_restart_are_evicted_least_recently_used_first_and_can
     );
 
     // Listing and removing one entry.
-    let r = ts
-        .client
-        .patch(ts.at("/api/v1/config"))
-        .bearer_auth(&token)
-        .json(&json!({"cache": {"max_bytes": null}}))
-        .send()
-        .await
-        .unwrap();
+    let r = patch_config(&ts, &token, json!({"cache": {"max_bytes": null}})).await;
     assert_eq!(r.status(), 200);
     let page = ts.get_json(&token, "/api/v1/cache/responses?limit=1").await;
     let items = page["items"].as_array().unwrap();
@@ -344,21 +343,9 @@ async fn entries_survive_a_restart_are_evicted_least_recently_used_first_and_can
     assert!(before >= 2, "{all}");
     assert!(page["next_cursor"].is_string(), "{page}");
     let path = format!("/api/v1/cache/responses/{key}");
-    let r = ts
-        .client
-        .delete(ts.at(&path))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = delete(&ts, &token, &path).await;
     assert_eq!(r.status(), 204);
-    let r = ts
-        .client
-        .delete(ts.at(&path))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = delete(&ts, &token, &path).await;
     expect_error(r, 404, "NOT_FOUND").await;
     let all = ts.get_json(&token, "/api/v1/cache/responses").await;
     assert_eq!(all["items"].as_array().unwrap().len(), before - 1);
@@ -375,14 +362,7 @@ async fn entries_survive_a_restart_are_evicted_least_recently_used_first_and_can
     assert_eq!(events[0]["payload"]["scope"], "response");
 
     // A bound too small to be useful is refused, naming the field.
-    let r = ts
-        .client
-        .patch(ts.at("/api/v1/config"))
-        .bearer_auth(&token)
-        .json(&json!({"cache": {"max_bytes": 10}}))
-        .send()
-        .await
-        .unwrap();
+    let r = patch_config(&ts, &token, json!({"cache": {"max_bytes": 10}})).await;
     let body = expect_error(r, 400, "VALIDATION_ERROR").await;
     assert_eq!(
         body["error"]["details"]["fields"][0]["field"],
@@ -390,13 +370,7 @@ async fn entries_survive_a_restart_are_evicted_least_recently_used_first_and_can
     );
 
     // Clearing everything empties it; turning it off live stops hits.
-    let r = ts
-        .client
-        .delete(ts.at("/api/v1/cache"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = delete(&ts, &token, "/api/v1/cache").await;
     assert_eq!(r.status(), 200);
     let cleared: Value = r.json().await.unwrap();
     assert_eq!(

@@ -57,6 +57,49 @@ async fn spawn(data: &std::path::Path, env: &[(&'static str, String)]) -> common
     common::spawn_server(data, &env).await
 }
 
+/// A request's answer: its JSON body when the status is `expected`, else `None` (the
+/// server is gone), with any 5xx recorded first.
+async fn expect(
+    acked: &Shared,
+    what: &str,
+    sent: reqwest::Result<reqwest::Response>,
+    expected: u16,
+) -> Option<reqwest::Response> {
+    let r = sent.ok()?;
+    if r.status() == expected {
+        return Some(r);
+    }
+    if r.status().is_server_error() {
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        let e = format!("{what}: {status} {body}");
+        acked.lock().unwrap().server_errors.push(e);
+    }
+    None
+}
+
+/// `field` of a JSON answer.
+async fn field(r: reqwest::Response, field: &str) -> Option<String> {
+    let body: Value = r.json().await.ok()?;
+    body[field].as_str().map(str::to_string)
+}
+
+/// Reads a streamed answer to its end or until the body breaks off (the server was
+/// killed); the job id of its first event, and whether it ended with `done` or `error`.
+async fn read_stream(r: reqwest::Response) -> (Option<String>, bool) {
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    let mut job = None;
+    while let Some(Ok(chunk)) = body.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        if job.is_none() {
+            job = stream_job_id(&text);
+        }
+    }
+    let ended = text.contains("event: done") || text.contains("event: error");
+    (job, ended)
+}
+
 /// One client task of a kind; runs until its requests fail (the server is gone).
 async fn client_loop(kind: usize, url: String, token: String, acked: Shared, seed: u64) {
     let client = reqwest::Client::builder()
@@ -64,178 +107,103 @@ async fn client_loop(kind: usize, url: String, token: String, acked: Shared, see
         .build()
         .unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
+    let post = |path: &str, body: Value| {
+        client
+            .post(format!("{url}{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let model = common::TEST_MODEL_ID;
     for i in 0.. {
-        let name = format!("c{seed}-{i}");
-        let sent = match kind {
+        match kind {
             0 => {
-                let r = client
-                    .post(format!("{url}/api/v1/auth/api-keys"))
-                    .bearer_auth(&token)
-                    .json(&json!({"name": name, "permissions": ["read_models"]}))
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status() == 201 => {
-                        let Ok(b) = r.json::<Value>().await else {
-                            return;
-                        };
-                        let id = b["id"].as_str().unwrap().to_string();
-                        let key = b["key"].as_str().unwrap().to_string();
-                        acked.lock().unwrap().keys.insert(id.clone(), key);
-                        // Revoke about half of them again.
-                        if rng.random_bool(0.5) {
-                            acked.lock().unwrap().revoking.insert(id.clone());
-                            let r = client
-                                .delete(format!("{url}/api/v1/auth/api-keys/{id}"))
-                                .bearer_auth(&token)
-                                .send()
-                                .await;
-                            match r {
-                                Ok(r) if r.status() == 204 => {
-                                    acked.lock().unwrap().revoked.insert(id);
-                                }
-                                Ok(r) if r.status().is_server_error() => {
-                                    let e = format!("revoke: {}", r.status());
-                                    acked.lock().unwrap().server_errors.push(e);
-                                    return;
-                                }
-                                _ => return,
-                            }
-                        }
-                        continue;
+                let body = json!({"name": format!("c{seed}-{i}"), "permissions": ["read_models"]});
+                let sent = post("/api/v1/auth/api-keys", body).await;
+                let Some(r) = expect(&acked, "create key", sent, 201).await else {
+                    return;
+                };
+                let Ok(b) = r.json::<Value>().await else {
+                    return;
+                };
+                let id = b["id"].as_str().unwrap().to_string();
+                let key = b["key"].as_str().unwrap().to_string();
+                acked.lock().unwrap().keys.insert(id.clone(), key);
+                // Revoke about half of them again.
+                if rng.random_bool(0.5) {
+                    acked.lock().unwrap().revoking.insert(id.clone());
+                    let sent = client
+                        .delete(format!("{url}/api/v1/auth/api-keys/{id}"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await;
+                    if expect(&acked, "revoke", sent, 204).await.is_none() {
+                        return;
                     }
-                    other => other,
+                    acked.lock().unwrap().revoked.insert(id);
                 }
             }
             1 => {
-                let r = client
-                    .post(format!("{url}/api/v1/users"))
-                    .bearer_auth(&token)
-                    .json(&json!({"username": format!("u{seed}x{i}"), "role": "user",
-                                  "password": "chaos-password-1234"}))
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status() == 201 => {
-                        let Ok(b) = r.json::<Value>().await else {
-                            return;
-                        };
-                        let id = b["id"].as_str().unwrap().to_string();
-                        acked.lock().unwrap().users.insert(id);
-                        continue;
-                    }
-                    other => other,
-                }
+                let body = json!({"username": format!("u{seed}x{i}"), "role": "user",
+                                  "password": "chaos-password-1234"});
+                let sent = post("/api/v1/users", body).await;
+                let Some(r) = expect(&acked, "create user", sent, 201).await else {
+                    return;
+                };
+                let Some(id) = field(r, "id").await else {
+                    return;
+                };
+                acked.lock().unwrap().users.insert(id);
             }
             2 => {
-                let r = client
-                    .post(format!("{url}/api/v1/auth/login"))
-                    .json(&json!({"username": "admin", "password": common::ADMIN_PASSWORD}))
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status() == 200 => {
-                        acked.lock().unwrap().logins += 1;
-                        continue;
-                    }
-                    other => other,
+                let body = json!({"username": "admin", "password": common::ADMIN_PASSWORD});
+                let sent = post("/api/v1/auth/login", body).await;
+                if expect(&acked, "login", sent, 200).await.is_none() {
+                    return;
                 }
+                acked.lock().unwrap().logins += 1;
             }
             3 => {
-                let r = client
-                    .post(format!("{url}/api/v1/jobs"))
-                    .bearer_auth(&token)
-                    .json(
-                        &json!({"model": common::TEST_MODEL_ID, "prompt": format!("Item {i}:"),
-                                  "max_tokens": 3}),
-                    )
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status() == 202 => {
-                        let Ok(b) = r.json::<Value>().await else {
-                            return;
-                        };
-                        let id = b["job_id"].as_str().unwrap().to_string();
-                        acked.lock().unwrap().jobs.insert(id);
-                        // Paced, so that the queue does not hold up the streams for long.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                    other => other,
-                }
+                let body = json!({"model": model, "prompt": format!("Item {i}:"), "max_tokens": 3});
+                let sent = post("/api/v1/jobs", body).await;
+                let Some(r) = expect(&acked, "queue a job", sent, 202).await else {
+                    return;
+                };
+                let Some(id) = field(r, "job_id").await else {
+                    return;
+                };
+                acked.lock().unwrap().jobs.insert(id);
+                // Paced, so that the queue does not hold up the streams for long.
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             4 => {
-                let r = client
-                    .post(format!("{url}/api/v1/inference"))
-                    .bearer_auth(&token)
-                    .json(&json!({"model": common::TEST_MODEL_ID, "prompt": "Hello", "max_tokens": 2}))
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status() == 200 => {
-                        let Ok(b) = r.json::<Value>().await else {
-                            return;
-                        };
-                        let id = b["id"].as_str().unwrap().to_string();
-                        acked.lock().unwrap().jobs.insert(id);
-                        continue;
-                    }
-                    other => other,
-                }
+                let body = json!({"model": model, "prompt": "Hello", "max_tokens": 2});
+                let sent = post("/api/v1/inference", body).await;
+                let Some(r) = expect(&acked, "inference", sent, 200).await else {
+                    return;
+                };
+                let Some(id) = field(r, "id").await else {
+                    return;
+                };
+                acked.lock().unwrap().jobs.insert(id);
             }
             _ => {
-                let r = client
-                    .post(format!("{url}/api/v1/inference"))
-                    .bearer_auth(&token)
-                    .json(
-                        &json!({"model": common::TEST_MODEL_ID, "prompt": "Once", "max_tokens": 4,
-                                  "stream": true, "detach": true}),
-                    )
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status() == 200 => {
-                        // The first event names the job; the job is accepted from there on.
-                        // The body breaks off when the server is killed.
-                        let mut body = r.bytes_stream();
-                        let mut text = String::new();
-                        let mut job = None;
-                        let mut ended = false;
-                        while let Some(Ok(chunk)) = body.next().await {
-                            text.push_str(&String::from_utf8_lossy(&chunk));
-                            if job.is_none() {
-                                job = stream_job_id(&text);
-                            }
-                            ended = text.contains("event: done") || text.contains("event: error");
-                        }
-                        let Some(id) = job else { return };
-                        let mut a = acked.lock().unwrap();
-                        a.jobs.insert(id);
-                        if !ended {
-                            return;
-                        }
-                        a.streams += 1;
-                        continue;
-                    }
-                    other => other,
+                let body = json!({"model": model, "prompt": "Once", "max_tokens": 4,
+                                  "stream": true, "detach": true});
+                let sent = post("/api/v1/inference", body).await;
+                let Some(r) = expect(&acked, "stream", sent, 200).await else {
+                    return;
+                };
+                // The first event names the job: it is accepted from there on.
+                let (job, ended) = read_stream(r).await;
+                let Some(id) = job else { return };
+                let mut a = acked.lock().unwrap();
+                a.jobs.insert(id);
+                if !ended {
+                    return;
                 }
+                a.streams += 1;
             }
-        };
-        match sent {
-            Ok(r) if r.status().is_server_error() => {
-                let status = r.status();
-                let body = r.text().await.unwrap_or_default();
-                // 503 while shutting down cannot happen (kill -9); any 5xx is a failure.
-                acked
-                    .lock()
-                    .unwrap()
-                    .server_errors
-                    .push(format!("kind {kind}: {status} {body}"));
-                return;
-            }
-            // Anything else: the connection died with the server.
-            _ => return,
         }
     }
 }

@@ -153,8 +153,8 @@ async fn every_acknowledged_mutation_waits_for_a_sync_of_the_data_dir() {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", server_pid])
         .status();
-    let mut child = server.child;
-    child.wait().unwrap();
+    let mut server = server;
+    server.child.wait().unwrap();
 
     let text = std::fs::read_to_string(&trace).unwrap();
     let calls = syncs(&text, data.to_str().unwrap());

@@ -497,6 +497,16 @@ impl Spawned {
     }
 }
 
+/// A test that fails half-way leaves no server behind.
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Every event of `event_type` that `inferno audit export` prints for a stopped data dir.
 pub fn exported_events(data_dir: &str, event_type: &str) -> Vec<Value> {
     let out = run_cli(&[
