@@ -12,6 +12,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::error::{ApiError, ErrorDetail};
 use super::inference::{to_input, InferenceRequest, Timings, Usage};
+use super::payload::StrictJson;
 use super::stream::{
     job_stream, queue_and_stream, require_streaming, resume_from, slot, Follow, Sse,
 };
@@ -100,6 +101,7 @@ pub struct JobAccepted {
     /// `queued` (or the current state of an existing job for a repeated Idempotency-Key).
     pub status: String,
     /// 1-based place among queued jobs; absent once it left the queue.
+    #[oai(nullable)]
     pub position: Option<u32>,
     pub links: JobLinks,
 }
@@ -126,10 +128,14 @@ pub enum Streamed {
 #[derive(Debug, Object)]
 pub struct JobResult {
     /// Output text (partial for a cancelled job).
+    #[oai(nullable)]
     pub text: Option<String>,
     /// `stop`, `length` or `cancelled`.
+    #[oai(nullable)]
     pub finish_reason: Option<String>,
+    #[oai(nullable)]
     pub usage: Option<Usage>,
+    #[oai(nullable)]
     pub timings: Option<Timings>,
     /// Answered from the response cache, without running the model.
     pub cached: bool,
@@ -140,6 +146,7 @@ pub struct Job {
     pub id: String,
     pub model: String,
     /// User id of the job's owner.
+    #[oai(nullable)]
     pub owner: Option<String>,
     /// `queued`, `running`, `completed`, `failed`, `cancelled` or `dead`.
     pub status: String,
@@ -147,16 +154,23 @@ pub struct Job {
     pub priority: String,
     pub attempts: u32,
     /// 1-based place among queued jobs, while queued.
+    #[oai(nullable)]
     pub position: Option<u32>,
     pub queued_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub started_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub finished_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub worker: Option<String>,
     /// Who cancelled it (a principal id, or `client` when the waiting client went away).
+    #[oai(nullable)]
     pub cancelled_by: Option<String>,
     /// Present once completed or cancelled.
+    #[oai(nullable)]
     pub result: Option<JobResult>,
     /// Present once failed or dead, in the error body's shape.
+    #[oai(nullable)]
     pub error: Option<ErrorDetail>,
 }
 
@@ -210,7 +224,8 @@ pub(super) fn job_view(state: &AppState, j: JobRecord) -> Job {
 #[derive(Debug, Object)]
 pub struct JobPage {
     pub jobs: Vec<Job>,
-    /// Pass as `cursor` for the next page; absent on the last one.
+    /// Pass as `cursor` for the next page; null on the last one.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -284,7 +299,7 @@ impl JobsApi {
         req: &poem::Request,
         auth: crate::api::security::Auth<perm::RunInference>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
-        body: Json<InferenceRequest>,
+        body: StrictJson<InferenceRequest>,
     ) -> Result<Accepted, ApiError> {
         let principal = auth.principal();
         let priority = priority_of(body.0.priority.as_deref(), principal)?;
