@@ -2,7 +2,8 @@
 # Installs what building and running Inferno needs, idempotently: the system packages for
 # llama.cpp (cmake, libclang), the test model (ops/fetch-model.sh), and with
 # INFERNO_SETUP_TESTS=1 (ops/test.sh) the venv with the official `openai` SDK that the /v1
-# tests drive ($HOME/.cache/inferno/sdk-venv) and promtool for the metrics tests.
+# tests drive ($HOME/.cache/inferno/sdk-venv), the venv with Schemathesis for the spec
+# fuzzing ($HOME/.cache/inferno/schemathesis-venv) and promtool for the metrics tests.
 # Usage: ops/setup.sh [models-dir]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,4 +61,13 @@ if [ "${INFERNO_SETUP_TESTS:-0}" = 1 ] && ! "$SDK_VENV/bin/python" -c "import op
   echo "setup: installing openai==$OPENAI_VERSION into $SDK_VENV"
   python3 -m venv "$SDK_VENV"
   "$SDK_VENV/bin/pip" install --quiet "openai==$OPENAI_VERSION"
+fi
+
+# Schemathesis, pinned, for tests/spec_fuzz.rs (only for the test command).
+SCHEMATHESIS_VERSION="4.32.5"
+ST_VENV="${INFERNO_SCHEMATHESIS_VENV:-$HOME/.cache/inferno/schemathesis-venv}"
+if [ "${INFERNO_SETUP_TESTS:-0}" = 1 ] && ! "$ST_VENV/bin/python" -c "import schemathesis, sys; sys.exit(schemathesis.__version__ != '$SCHEMATHESIS_VERSION')" 2>/dev/null; then
+  echo "setup: installing schemathesis==$SCHEMATHESIS_VERSION into $ST_VENV"
+  python3 -m venv "$ST_VENV"
+  "$ST_VENV/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
 fi

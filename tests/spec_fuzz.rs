@@ -195,3 +195,103 @@ async fn every_operation_holds_to_the_spec_under_fuzzing() {
     assert!(missing.is_empty(), "operations not tested: {missing:?}");
     assert_eq!(tested, expected);
 }
+
+/// poem-openapi on its own would read `{"prompt": 7}` as the string `"7"`: every request
+/// body is parsed strictly instead, and the wrong type is a 400 naming the field.
+#[tokio::test]
+async fn a_number_or_boolean_where_a_string_is_declared_is_a_validation_error() {
+    let ts = common::start_with(common::with_test_model).await;
+    let admin = ts.admin_token().await;
+    let post = |path: &'static str, body: Value| {
+        let (ts, admin) = (&ts, admin.clone());
+        async move {
+            ts.client
+                .post(ts.at(path))
+                .bearer_auth(admin)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let model = common::TEST_MODEL_ID;
+    for (body, field) in [
+        (
+            json!({"model": model, "prompt": 7, "max_tokens": 2}),
+            "prompt",
+        ),
+        (
+            json!({"model": model, "prompt": true, "max_tokens": 2}),
+            "prompt",
+        ),
+        (
+            json!({"model": 7, "prompt": "Hi", "max_tokens": 2}),
+            "model",
+        ),
+        (
+            json!({"model": model, "messages": [{"role": "user", "content": 1.5}], "max_tokens": 2}),
+            "messages[0].content",
+        ),
+        (
+            json!({"model": model, "prompt": "Hi", "max_tokens": 2, "stop": ["x", 3]}),
+            "stop[1]",
+        ),
+    ] {
+        for path in ["/api/v1/inference", "/api/v1/jobs"] {
+            let r = post(path, body.clone()).await;
+            let err = common::expect_error(r, 400, "VALIDATION_ERROR").await;
+            assert_eq!(
+                err["error"]["details"]["field"], field,
+                "{path} {body}: {err}"
+            );
+        }
+    }
+    // Not read as the username "12345": refused before any login is tried.
+    let r = ts
+        .client
+        .post(ts.at("/api/v1/auth/login"))
+        .json(&json!({"username": 12345, "password": common::ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let err = common::expect_error(r, 400, "VALIDATION_ERROR").await;
+    assert_eq!(err["error"]["details"]["field"], "username");
+    let r = post(
+        "/api/v1/auth/api-keys",
+        json!({"name": false, "permissions": ["read_models"]}),
+    )
+    .await;
+    common::expect_error(r, 400, "VALIDATION_ERROR").await;
+    let r = post(
+        "/api/v1/auth/api-keys",
+        json!({"name": "k", "permissions": [1]}),
+    )
+    .await;
+    let err = common::expect_error(r, 400, "VALIDATION_ERROR").await;
+    assert_eq!(err["error"]["details"]["field"], "permissions[0]");
+
+    // The OpenAI routes answer in OpenAI's shape, `param` naming the field.
+    let r = post(
+        "/v1/chat/completions",
+        json!({"model": model, "messages": [{"role": "user", "content": "Hi"}], "user": 42}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["error"]["type"], "invalid_request_error", "{err}");
+    assert_eq!(err["error"]["param"], "user", "{err}");
+    assert_eq!(err["error"]["code"], "validation_error", "{err}");
+
+    // Well-typed bodies still run, and nothing was recorded for the refused ones.
+    assert_eq!(
+        post(
+            "/api/v1/inference",
+            json!({"model": model, "prompt": "Hi", "max_tokens": 2})
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(ts.events(&admin, "job.queued").await.len(), 1);
+    ts.stop().await;
+}
