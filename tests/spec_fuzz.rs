@@ -113,6 +113,23 @@ async fn every_operation_holds_to_the_spec_under_fuzzing() {
     )
     .await;
     let client = reqwest::Client::new();
+    // The binary under test serves the spec the run reads.
+    let served: Value = client
+        .get(server.at("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(manifest_dir().join("openapi/openapi.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        served == committed,
+        "the server's spec is not openapi/openapi.json"
+    );
     let token = server.admin_token(&client).await;
     let r = client
         .post(server.at("/api/v1/auth/api-keys"))
