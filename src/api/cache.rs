@@ -80,7 +80,8 @@ pub struct CachedResponse {
 #[derive(Debug, Object)]
 pub struct CachedResponsePage {
     pub items: Vec<CachedResponse>,
-    /// Pass as `cursor` for the next page; absent on the last one.
+    /// Pass as `cursor` for the next page; null on the last one.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 

@@ -9,6 +9,7 @@ use poem_openapi::{Enum, Object, OpenApi};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::payload::StrictJson;
 use super::security::Auth;
 use super::ApiTags;
 use crate::auth::perm;
@@ -135,7 +136,7 @@ impl ConfigApi {
         &self,
         state: Data<&AppState>,
         auth: Auth<perm::WriteConfig>,
-        body: Json<Value>,
+        body: StrictJson<Value>,
     ) -> Result<Json<ConfigPatched>, ApiError> {
         let live = state.live_config();
         let _one_at_a_time = live.update.lock().await;

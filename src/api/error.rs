@@ -194,14 +194,26 @@ impl IntoResponse for ApiError {
 
 impl ApiResponse for ApiError {
     fn meta() -> MetaResponses {
-        let statuses: [(u16, &str); 9] = [
+        // Every status any route can answer: the handlers' own, and those of the layers
+        // in front of them (authentication, rate limits, body parsing and limits, the
+        // connection guard's timeouts and header limits).
+        let statuses: [(u16, &str); 12] = [
             (400, "VALIDATION_ERROR: invalid input"),
             (401, "AUTHENTICATION_FAILED: invalid or missing credentials"),
             (403, "PERMISSION_DENIED: insufficient permissions"),
             (404, "NOT_FOUND"),
+            (408, "REQUEST_TIMEOUT: the request head or body stalled"),
             (409, "CONFLICT"),
             (413, "PAYLOAD_TOO_LARGE"),
+            (
+                415,
+                "UNSUPPORTED_MEDIA_TYPE: a request body needs its documented Content-Type",
+            ),
             (429, "RATE_LIMITED: see Retry-After"),
+            (
+                431,
+                "PAYLOAD_TOO_LARGE: request headers too large or too many",
+            ),
             (500, "INTERNAL_ERROR"),
             (503, "SERVICE_UNAVAILABLE: see Retry-After"),
         ];
@@ -281,9 +293,13 @@ mod tests {
             (401, "AUTHENTICATION_FAILED"),
             (403, "PERMISSION_DENIED"),
             (404, "NOT_FOUND"),
+            (405, "METHOD_NOT_ALLOWED"),
+            (408, "REQUEST_TIMEOUT"),
             (409, "CONFLICT"),
             (413, "PAYLOAD_TOO_LARGE"),
+            (415, "UNSUPPORTED_MEDIA_TYPE"),
             (429, "RATE_LIMITED"),
+            (431, "PAYLOAD_TOO_LARGE"),
             (500, "INTERNAL_ERROR"),
             (503, "SERVICE_UNAVAILABLE"),
         ] {

@@ -18,12 +18,13 @@ pub struct HealthApi;
 
 #[OpenApi(tag = "ApiTags::Health")]
 impl HealthApi {
-    /// Liveness: the process is up and serving HTTP. No authentication.
+    /// Liveness: the process is up and serving HTTP. No authentication (a credential that
+    /// is sent is still checked: a bad one is 401).
     #[oai(path = "/health", method = "get", operation_id = "health")]
-    async fn health(&self) -> Json<HealthStatus> {
-        Json(HealthStatus {
+    async fn health(&self) -> Result<Json<HealthStatus>, ApiError> {
+        Ok(Json(HealthStatus {
             status: "ok".into(),
-        })
+        }))
     }
 
     /// Readiness: 503 until the event store and the workers are up. No authentication.

@@ -5,6 +5,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
 use super::error::ApiError;
+use super::payload::StrictJson;
 use super::security::Auth;
 use super::stream::{queue_and_stream, require_streaming, JsonOrSse};
 use super::ApiTags;
@@ -298,7 +299,7 @@ impl InferenceApi {
         state: Data<&AppState>,
         req: &poem::Request,
         auth: Auth<perm::RunInference>,
-        body: Json<InferenceRequest>,
+        body: StrictJson<InferenceRequest>,
     ) -> Result<InferenceAnswer, ApiError> {
         let priority = super::jobs::priority_of(body.0.priority.as_deref(), auth.principal())?;
         let (stream, detach) = (body.0.wants_stream(), body.0.detached());

@@ -15,6 +15,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::error::{ApiError, ErrorDetail};
 use super::inference::{to_input, InferenceRequest, Timings, Usage};
+use super::payload::StrictJson;
 use super::stream::{
     job_stream, queue_and_stream, require_streaming, resume_from, slot, Follow, Sse,
 };
@@ -103,6 +104,7 @@ pub struct JobAccepted {
     /// `queued` (or the current state of an existing job for a repeated Idempotency-Key).
     pub status: String,
     /// 1-based place among queued jobs; absent once it left the queue.
+    #[oai(nullable)]
     pub position: Option<u32>,
     pub links: JobLinks,
 }
@@ -123,27 +125,32 @@ impl IntoResponse for Accepted {
     }
 }
 
-/// Only the 202 is in the spec: generators (`@hey-api/openapi-ts`) make an operation with
-/// any `text/event-stream` answer an SSE-only call, which could not read the 202. The
-/// streamed answer is the one of `GET /api/v1/jobs/{id}/stream`, documented there.
+/// Both answers are in the spec. (Generators such as `@hey-api/openapi-ts` make an operation
+/// with a `text/event-stream` answer an SSE-only call: `tests/sdk/ts/flow.ts` queues through
+/// the generated client's own `post` for that reason.)
 impl ApiResponse for Accepted {
     fn meta() -> MetaResponses {
-        MetaResponses {
-            responses: vec![MetaResponse {
-                description: "Queued; follow `links.self`.",
-                status: Some(202),
-                status_range: None,
-                content: vec![MetaMediaType {
-                    content_type: <Json<JobAccepted> as Payload>::CONTENT_TYPE,
-                    schema: <Json<JobAccepted> as Payload>::schema_ref(),
-                }],
-                headers: vec![],
+        let mut responses = vec![MetaResponse {
+            description: "Queued; follow `links.self`.",
+            status: Some(202),
+            status_range: None,
+            content: vec![MetaMediaType {
+                content_type: <Json<JobAccepted> as Payload>::CONTENT_TYPE,
+                schema: <Json<JobAccepted> as Payload>::schema_ref(),
             }],
+            headers: vec![],
+        }];
+        for mut r in <Sse as ApiResponse>::meta().responses {
+            r.description = "With `\"stream\": true`: the job's events, as from \
+                             `GET /api/v1/jobs/{id}/stream`.";
+            responses.push(r);
         }
+        MetaResponses { responses }
     }
 
     fn register(registry: &mut Registry) {
         <Json<JobAccepted> as Payload>::register(registry);
+        <Sse as ApiResponse>::register(registry);
     }
 }
 
@@ -159,10 +166,14 @@ pub enum Streamed {
 #[derive(Debug, Object)]
 pub struct JobResult {
     /// Output text (partial for a cancelled job).
+    #[oai(nullable)]
     pub text: Option<String>,
     /// `stop`, `length` or `cancelled`.
+    #[oai(nullable)]
     pub finish_reason: Option<String>,
+    #[oai(nullable)]
     pub usage: Option<Usage>,
+    #[oai(nullable)]
     pub timings: Option<Timings>,
     /// Answered from the response cache, without running the model.
     pub cached: bool,
@@ -173,6 +184,7 @@ pub struct Job {
     pub id: String,
     pub model: String,
     /// User id of the job's owner.
+    #[oai(nullable)]
     pub owner: Option<String>,
     /// `queued`, `running`, `completed`, `failed`, `cancelled` or `dead`.
     pub status: String,
@@ -180,18 +192,24 @@ pub struct Job {
     pub priority: String,
     pub attempts: u32,
     /// 1-based place among queued jobs, while queued.
+    #[oai(nullable)]
     pub position: Option<u32>,
     pub queued_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub started_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub finished_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub worker: Option<String>,
     /// Who cancelled it (a principal id, or `client` when the waiting client went away).
+    #[oai(nullable)]
     pub cancelled_by: Option<String>,
     // Documented on `JobResult`: a field doc here would wrap its `$ref` in an `allOf`,
     // which openapi-python-client turns into an inline model named `Job` + `Result`,
     // clashing with `JobResult` itself.
     pub result: Option<JobResult>,
     /// Present once failed or dead, in the error body's shape.
+    #[oai(nullable)]
     pub error: Option<ErrorDetail>,
 }
 
@@ -245,7 +263,8 @@ pub(super) fn job_view(state: &AppState, j: JobRecord) -> Job {
 #[derive(Debug, Object)]
 pub struct JobPage {
     pub jobs: Vec<Job>,
-    /// Pass as `cursor` for the next page; absent on the last one.
+    /// Pass as `cursor` for the next page; null on the last one.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -320,7 +339,7 @@ impl JobsApi {
         req: &poem::Request,
         auth: crate::api::security::Auth<perm::RunInference>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
-        body: Json<InferenceRequest>,
+        body: StrictJson<InferenceRequest>,
     ) -> Result<Accepted, ApiError> {
         let principal = auth.principal();
         let priority = priority_of(body.0.priority.as_deref(), principal)?;

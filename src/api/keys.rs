@@ -8,6 +8,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::auth::NoContent;
 use super::error::ApiError;
+use super::payload::StrictJson;
 use super::security::Authenticated;
 use super::ApiTags;
 use crate::auth::{KeyView, NewApiKey};
@@ -32,9 +33,13 @@ pub struct ApiKey {
     pub name: String,
     pub permissions: Vec<String>,
     pub created_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub expires_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub revoked_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub last_used_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub rate_limit_per_minute: Option<u32>,
 }
 
@@ -58,7 +63,8 @@ impl From<KeyView> for ApiKey {
 #[derive(Debug, Object)]
 pub struct ApiKeyPage {
     pub keys: Vec<ApiKey>,
-    /// Pass as `cursor` for the next page; absent on the last one.
+    /// Pass as `cursor` for the next page; null on the last one.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -71,7 +77,9 @@ pub struct CreatedApiKey {
     pub name: String,
     pub permissions: Vec<String>,
     pub created_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub expires_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub rate_limit_per_minute: Option<u32>,
 }
 
@@ -110,7 +118,7 @@ impl KeysApi {
         &self,
         state: Data<&AppState>,
         auth: Authenticated,
-        body: Json<CreateApiKey>,
+        body: StrictJson<CreateApiKey>,
     ) -> Result<CreatedKey, ApiError> {
         let body = body.0;
         let (view, key) = state

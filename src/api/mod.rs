@@ -18,6 +18,7 @@ mod metrics;
 pub mod middleware;
 mod models;
 pub(crate) mod openai;
+mod payload;
 mod queue;
 pub mod routes;
 pub mod security;

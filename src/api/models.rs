@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::auth::NoContent;
 use super::error::ApiError;
+use super::payload::StrictJson;
 use super::security::Auth;
 use super::ApiTags;
 use crate::auth::perm;
@@ -159,7 +160,8 @@ pub enum Uploaded {
 #[derive(Debug, Object)]
 pub struct ModelPage {
     pub models: Vec<Model>,
-    /// Pass as `cursor` for the next page; absent on the last one.
+    /// Pass as `cursor` for the next page; null on the last one.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -238,7 +240,7 @@ impl ModelsApi {
         state: Data<&AppState>,
         auth: Auth<perm::WriteModels>,
         id: Path<String>,
-        body: Json<UpdateModel>,
+        body: StrictJson<UpdateModel>,
     ) -> Result<Json<Model>, ApiError> {
         let b = body.0;
         let patch = ModelPatch {

@@ -8,6 +8,7 @@ use poem_openapi::{Object, OpenApi};
 
 use super::error::ApiError;
 use super::jobs::{cancel_and_wait, job_view, page, status_filter, Job, JobPage};
+use super::payload::StrictJson;
 use super::security::Auth;
 use super::ApiTags;
 use crate::auth::perm;
@@ -42,6 +43,7 @@ pub struct QueueOverview {
     /// Queued and running jobs per model.
     pub by_model: Vec<ModelCount>,
     /// Seconds the oldest queued job has waited; absent when none is queued.
+    #[oai(nullable)]
     pub oldest_queued_age_secs: Option<f64>,
     pub workers: Vec<Worker>,
     pub completed_last_minute: u64,
@@ -64,6 +66,7 @@ pub struct NatsOverview {
     /// When `connected` last changed, or when the client started.
     pub since: DateTime<Utc>,
     /// The last connection error since the last (re)connect.
+    #[oai(nullable)]
     pub last_error: Option<String>,
     /// Tokens published to `inferno.jobs.<job_id>.tokens`.
     pub tokens_published: u64,
@@ -74,6 +77,7 @@ pub struct NatsOverview {
     /// Job lifecycle events dropped while NATS was down.
     pub lifecycle_dropped: u64,
     /// The JetStream copy of the log; present with `[nats] events = true`.
+    #[oai(nullable)]
     pub jetstream: Option<JetStreamOverview>,
 }
 
@@ -87,6 +91,7 @@ pub struct JetStreamOverview {
     /// Committed events not yet in the stream (log head minus `acked_seq`).
     pub lag: u64,
     /// Why the follower last paused (NATS down, no JetStream, ...); cleared when it resumes.
+    #[oai(nullable)]
     pub last_error: Option<String>,
 }
 
@@ -291,7 +296,7 @@ impl QueueApi {
         state: Data<&AppState>,
         auth: Auth<perm::ManageQueue>,
         id: Path<String>,
-        body: Json<SetPriority>,
+        body: StrictJson<SetPriority>,
     ) -> Result<Json<Job>, ApiError> {
         let p = Priority::parse(&body.0.priority).ok_or_else(|| {
             ApiError::field("priority", "priority must be low, normal, high or critical")

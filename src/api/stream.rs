@@ -48,6 +48,7 @@ pub struct JobEvent {
 #[derive(Debug, Object)]
 pub struct QueuedEvent {
     /// 1-based place among queued jobs.
+    #[oai(nullable)]
     pub position: Option<u32>,
 }
 
@@ -109,15 +110,56 @@ pub(super) fn keep_alive(state: &AppState) -> Duration {
 impl<S: Type> Payload for Sse<S> {
     const CONTENT_TYPE: &'static str = "text/event-stream";
 
+    /// The schema of one event, the fields of the SSE wire format (how OpenAPI 3.2's
+    /// `itemSchema`, and tools such as Schemathesis for 3.0, read a `text/event-stream`
+    /// schema); `data` is the JSON of the schema `S` (its title), registered beside it.
     fn schema_ref() -> MetaSchemaRef {
+        let string = |description| {
+            MetaSchemaRef::Inline(Box::new(MetaSchema {
+                description: Some(description),
+                ..MetaSchema::new("string")
+            }))
+        };
+        let data = MetaSchemaRef::Inline(Box::new(MetaSchema {
+            title: Some(S::name().into_owned()),
+            description: Some("The event's data: JSON of the schema named in the title."),
+            ..MetaSchema::new("string")
+        }));
         MetaSchemaRef::Inline(Box::new(MetaSchema {
-            items: Some(Box::new(S::schema_ref())),
-            ..MetaSchema::new_with_format("array", "event-stream")
+            description: Some("One server-sent event."),
+            required: vec!["data"],
+            properties: vec![
+                ("event", string("The event's name.")),
+                ("id", string("The event's id, for `Last-Event-ID`.")),
+                ("data", data),
+            ],
+            ..MetaSchema::new("object")
         }))
     }
 
     fn register(registry: &mut Registry) {
         S::register(registry);
+    }
+}
+
+impl<S: Type> ApiResponse for Sse<S> {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: "Server-sent events.",
+                status: Some(200),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: <Self as Payload>::CONTENT_TYPE,
+                    schema: <Self as Payload>::schema_ref(),
+                }],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        <Self as Payload>::register(registry);
     }
 }
 

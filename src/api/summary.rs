@@ -44,9 +44,13 @@ pub struct MetricsCount {
 pub struct MetricsLatency {
     pub count: u64,
     /// Absent while `count` is 0, like the quantiles.
+    #[oai(nullable)]
     pub mean_secs: Option<f64>,
+    #[oai(nullable)]
     pub p50_secs: Option<f64>,
+    #[oai(nullable)]
     pub p95_secs: Option<f64>,
+    #[oai(nullable)]
     pub p99_secs: Option<f64>,
 }
 
@@ -102,6 +106,7 @@ pub struct MetricsModel {
     pub prefix_cache_hits: u64,
     pub decode_steps: u64,
     /// Sequences per decode step, on average.
+    #[oai(nullable)]
     pub mean_batch_size: Option<f64>,
     /// From the job's enqueue to its first token.
     pub time_to_first_token: MetricsLatency,
@@ -147,6 +152,7 @@ pub struct MetricsCache {
     pub hits: u64,
     pub misses: u64,
     /// hits / (hits + misses); absent before the first lookup.
+    #[oai(nullable)]
     pub hit_rate: Option<f64>,
 }
 
@@ -156,6 +162,7 @@ pub struct MetricsNats {
     pub tokens_published: u64,
     pub tokens_dropped: u64,
     /// Events not yet in JetStream; present with `[nats] events = true`.
+    #[oai(nullable)]
     pub jetstream_lag: Option<u64>,
 }
 

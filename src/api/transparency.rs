@@ -54,6 +54,7 @@ pub struct CheckpointPage {
     /// Newest first.
     pub checkpoints: Vec<CheckpointBody>,
     /// Pass as `cursor` for older checkpoints.
+    #[oai(nullable)]
     pub next_cursor: Option<u64>,
 }
 
@@ -186,8 +187,11 @@ impl TransparencyApi {
         &self,
         state: Data<&AppState>,
         _auth: Auth<perm::ViewAuditLogs>,
-    ) -> PlainText<String> {
-        PlainText(format!("{}\n", state.checkpoints().signer().verifier_key()))
+    ) -> Result<PlainText<String>, ApiError> {
+        Ok(PlainText(format!(
+            "{}\n",
+            state.checkpoints().signer().verifier_key()
+        )))
     }
 
     /// Proof that event `seq` is in the tree of `tree_size` events (default: the latest

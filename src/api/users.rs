@@ -10,6 +10,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::auth::NoContent;
 use super::error::ApiError;
+use super::payload::StrictJson;
 use super::security::Auth;
 use super::ApiTags;
 use crate::auth::{perm, NewUser, UserPatch, UserView};
@@ -24,6 +25,7 @@ pub struct User {
     /// Effective permissions (for `/auth/me`: those this credential carries).
     pub permissions: Vec<String>,
     pub disabled: bool,
+    #[oai(nullable)]
     pub email: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -151,7 +153,8 @@ pub struct UpdateUser {
 #[derive(Debug, Object)]
 pub struct UserPage {
     pub users: Vec<User>,
-    /// Pass as `cursor` for the next page; absent on the last one.
+    /// Pass as `cursor` for the next page; null on the last one.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -194,7 +197,7 @@ impl UsersApi {
         &self,
         state: Data<&AppState>,
         auth: Auth<perm::ManageUsers>,
-        body: Json<CreateUser>,
+        body: StrictJson<CreateUser>,
     ) -> Result<CreatedUser, ApiError> {
         let b = body.0;
         let user = state
@@ -238,7 +241,7 @@ impl UsersApi {
         state: Data<&AppState>,
         auth: Auth<perm::ManageUsers>,
         id: Path<String>,
-        body: Json<UpdateUser>,
+        body: StrictJson<UpdateUser>,
     ) -> Result<Json<User>, ApiError> {
         let b = body.0;
         let email = match b.email {

@@ -64,6 +64,7 @@ pub struct ApiKeyAt {
     /// What a request with it could do then: its permissions within its owner's, none
     /// when the owner was disabled or deleted, or the key revoked or expired.
     pub effective_permissions: Vec<String>,
+    #[oai(nullable)]
     pub expires_at: Option<String>,
     pub expired: bool,
     pub revoked: bool,
@@ -85,6 +86,7 @@ pub struct StateAt {
     /// The last event folded (0: none).
     pub seq: u64,
     /// Its time (RFC 3339), when there was one.
+    #[oai(nullable)]
     pub ts: Option<String>,
     pub users: Vec<UserAt>,
     pub api_keys: Vec<ApiKeyAt>,

@@ -30,10 +30,10 @@ pub struct OpenAiErrorDetail {
     #[oai(rename = "type")]
     pub kind: String,
     /// The request field at fault, when one is.
-    #[oai(skip_serializing_if_is_none = false)]
+    #[oai(nullable, skip_serializing_if_is_none = false)]
     pub param: Option<String>,
     /// Inferno's error code in lower case (`validation_error`, `permission_denied`, ...).
-    #[oai(skip_serializing_if_is_none = false)]
+    #[oai(nullable, skip_serializing_if_is_none = false)]
     pub code: Option<String>,
 }
 

@@ -20,6 +20,7 @@ use poem_openapi::OpenApi;
 use super::error::ApiError;
 use super::inference::{complete, InferenceResponse};
 use super::jobs::new_job;
+use super::payload::StrictJson;
 use super::security::Auth;
 use super::stream::{
     follow_job, keep_alive, require_streaming, slot, Follow, Item, JsonOrSse, Sse,
@@ -164,7 +165,7 @@ impl OpenAiApi {
         state: Data<&AppState>,
         req: &poem::Request,
         auth: Auth<perm::RunInference>,
-        body: Json<CompletionRequest>,
+        body: StrictJson<CompletionRequest>,
     ) -> Result<JsonOrSse<CompletionResponse, CompletionResponse>, OpenAiError> {
         let stream = body.0.stream == Some(true);
         let include_usage =
@@ -281,7 +282,7 @@ impl OpenAiApi {
         state: Data<&AppState>,
         req: &poem::Request,
         auth: Auth<perm::RunInference>,
-        body: Json<ChatCompletionRequest>,
+        body: StrictJson<ChatCompletionRequest>,
     ) -> Result<JsonOrSse<ChatCompletionResponse, ChatCompletionChunk>, OpenAiError> {
         let stream = body.0.stream == Some(true);
         let include_usage =

@@ -360,7 +360,7 @@ pub struct CompletionChoice {
     pub logprobs: Option<Value>,
     /// `stop`, `length`, or `cancelled` when an operator or shutdown cut it short; null in
     /// a chunk before the last.
-    #[oai(skip_serializing_if_is_none = false)]
+    #[oai(nullable, skip_serializing_if_is_none = false)]
     pub finish_reason: Option<String>,
 }
 
@@ -375,6 +375,7 @@ pub struct CompletionResponse {
     /// `fp_` and the first 12 hex digits of the model file's SHA-256.
     pub system_fingerprint: String,
     pub choices: Vec<CompletionChoice>,
+    #[oai(nullable)]
     pub usage: Option<OpenAiUsage>,
 }
 
@@ -423,7 +424,7 @@ pub struct ChunkChoice {
     pub delta: ChunkDelta,
     #[oai(skip_serializing_if_is_none = false)]
     pub logprobs: Option<Value>,
-    #[oai(skip_serializing_if_is_none = false)]
+    #[oai(nullable, skip_serializing_if_is_none = false)]
     pub finish_reason: Option<String>,
 }
 
@@ -439,5 +440,6 @@ pub struct ChatCompletionChunk {
     /// Empty in the usage chunk.
     pub choices: Vec<ChunkChoice>,
     /// Only in the last chunk, with `stream_options.include_usage`.
+    #[oai(nullable)]
     pub usage: Option<OpenAiUsage>,
 }

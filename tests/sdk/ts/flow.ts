@@ -8,7 +8,6 @@
 // test to check. Credentials are never printed.
 import {
   createApiKey,
-  createJob,
   getAuditCheckpoint,
   getJob,
   listModels,
@@ -18,7 +17,7 @@ import {
   runInference,
   streamJob,
   type Job,
-  type StreamEvent,
+  type JobAccepted,
 } from './client';
 import { createClient, createConfig } from './client/client';
 
@@ -82,12 +81,16 @@ const answer = expect(
 summary.inference_text = answer.text;
 summary.inference_completion_tokens = answer.usage.completion_tokens;
 
+// POST /api/v1/jobs also streams (200, `text/event-stream`, with "stream": true), so the
+// generator made `createJob` an SSE-only call; the generated client's own `post` reads the 202.
 const accepted = expect(
   'queue job',
-  await createJob({
-    client: key,
+  (await key.post({
+    url: '/api/v1/jobs',
+    security: [{ scheme: 'bearer', type: 'http' }, { in: 'header', name: 'X-API-Key', type: 'apiKey' }],
     body: { model, prompt: 'Count to ten:', max_tokens: 8, temperature: 0 },
-  }),
+    headers: { 'Content-Type': 'application/json' },
+  })) as { data?: JobAccepted; error?: unknown; response: Response },
   202,
 );
 summary.job_accepted_status = accepted.status;
@@ -117,8 +120,9 @@ const { stream } = await streamJob({
 });
 for await (const data of stream) {
   const name = names[names.length - 1];
-  const event = data as StreamEvent;
-  if (name === 'token' && 'text' in event) tokens.push(event.text);
+  // `data` is the event's JSON; the spec names its shape per event type.
+  const event = (typeof data === 'string' ? JSON.parse(data) : data) as { text?: string };
+  if (name === 'token' && typeof event.text === 'string') tokens.push(event.text);
   if (name === 'done' || name === 'error') break;
 }
 console.log(`ok stream job (${tokens.length} tokens)`);
