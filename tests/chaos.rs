@@ -315,7 +315,8 @@ async fn ten_kill9_restarts_under_mixed_load_lose_nothing_acknowledged() {
         }
     }
     // Projections hold every created user.
-    for id in acked.lock().unwrap().users.iter() {
+    let users: Vec<String> = acked.lock().unwrap().users.iter().cloned().collect();
+    for id in &users {
         let r = http
             .get(server.at(&format!("/api/v1/users/{id}")))
             .bearer_auth(&token)
