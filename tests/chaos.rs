@@ -269,15 +269,9 @@ async fn ten_kill9_restarts_under_mixed_load_lose_nothing_acknowledged() {
     for id in &jobs {
         let mut status = String::new();
         for _ in 0..600 {
-            let j: Value = http
-                .get(server.at(&format!("/api/v1/jobs/{id}")))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let j: Value = server
+                .get_json(&http, &token, &format!("/api/v1/jobs/{id}"))
+                .await;
             status = j["status"].as_str().unwrap_or_default().to_string();
             if !matches!(status.as_str(), "queued" | "running") {
                 break;
@@ -325,15 +319,7 @@ async fn ten_kill9_restarts_under_mixed_load_lose_nothing_acknowledged() {
             .unwrap();
         assert_eq!(r.status(), 200, "user {id}");
     }
-    let verify: Value = http
-        .get(server.at("/api/v1/audit/verify"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let verify: Value = server.get_json(&http, &token, "/api/v1/audit/verify").await;
     assert_eq!(verify["ok"], true, "{verify}");
     server.terminate();
 

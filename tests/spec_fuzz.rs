@@ -144,15 +144,7 @@ async fn every_operation_holds_to_the_spec_under_fuzzing() {
         created["id"].as_str().unwrap().to_string(),
         created["key"].as_str().unwrap().to_string(),
     );
-    let me: Value = client
-        .get(server.at("/api/v1/auth/me"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: Value = server.get_json(&client, &token, "/api/v1/auth/me").await;
     let admin_id = me["id"].as_str().unwrap().to_string();
 
     let fuzz_dir = manifest_dir().join("tests/schemathesis");

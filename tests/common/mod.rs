@@ -482,6 +482,19 @@ impl Spawned {
         body["token"].as_str().expect("token").to_string()
     }
 
+    /// GET `path` with a bearer `token`; the JSON body, whatever the status.
+    pub async fn get_json(&self, client: &reqwest::Client, token: &str, path: &str) -> Value {
+        client
+            .get(self.at(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("JSON body")
+    }
+
     /// SIGTERM and wait (graceful).
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = std::process::Command::new("kill")
