@@ -91,15 +91,7 @@ async fn the_server_serves_with_gpu_layers_zero_and_logs_the_backend() {
     .await;
     let c = reqwest::Client::new();
     let token = server.admin_token(&c).await;
-    let settings: Value = c
-        .get(server.at("/api/v1/config"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let settings: Value = server.get_json(&c, &token, "/api/v1/config").await;
     let setting = settings["settings"]
         .as_array()
         .unwrap()
