@@ -50,6 +50,10 @@ BENCHES = [
      "Durable enqueue through POST /api/v1/jobs (queue paused, 64 connections)."),
     ("events", "Event log", "cargo run --example events_bench",
      "Durable appends, the Merkle tree's cost, proofs, verification, start-up and replay."),
+    ("soak", "Soak", "ops/soak.sh",
+     "Mixed control-plane load (API-key and JWT reads, logins, key create and revoke, queued jobs) "
+     "at the highest rate of a doubling ramp with zero errors, beside two inference clients, for "
+     "10 minutes; RSS and open fds of the server and p99 before, during and after."),
 ]
 REFERENCE = "llama.cpp"
 SUBJECT_ORDER = ["inferno-inproc", "inferno-http", "inferno-sse", "inferno-json", "inferno", REFERENCE]

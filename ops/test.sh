@@ -15,7 +15,11 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+# The secret-leak scan: the harness records every secret and everything the servers wrote
+# here, ops/nats_capture.py every NATS message; ops/leak_scan.py checks them after the run.
+export INFERNO_LEAK_DIR="$(mktemp -d)"
+python3 ops/nats_capture.py "$INFERNO_LEAK_DIR/nats.bin" & capture=$!
+trap 'kill $capture 2>/dev/null; rm -rf "$log" "$INFERNO_LEAK_DIR"' EXIT
 set +e
 cargo test --all-targets --no-fail-fast -- --test-threads 2 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
@@ -23,6 +27,15 @@ echo "== cargo test --doc"
 cargo test --doc 2>&1 | tee -a "$log"
 doc_status=${PIPESTATUS[0]}
 [ "$status" -eq 0 ] && status=$doc_status
+echo "== fuzz targets (short run)"
+ops/fuzz.sh short
+fuzz_status=$?
+[ "$status" -eq 0 ] && status=$fuzz_status
+echo "== secret-leak scan"
+kill $capture 2>/dev/null
+python3 ops/leak_scan.py "$INFERNO_LEAK_DIR" tests | tee -a "$log"
+leak_status=${PIPESTATUS[0]}
+[ "$status" -eq 0 ] && status=$leak_status
 set -e
 # One closing line with the totals over every test binary.
 echo

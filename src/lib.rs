@@ -35,6 +35,8 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inference;
 pub mod logging;
 pub mod metrics;

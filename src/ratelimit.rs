@@ -293,8 +293,11 @@ impl RateLimits {
     }
 }
 
+/// Usernames are at most 64 characters; a longer one names no user, and keeping only its
+/// first 256 bounds what a flood of long names holds in memory (they share a bucket).
 fn login_key(ip: &str, username: &str) -> String {
-    format!("{ip}\0{}", username.to_ascii_lowercase())
+    let name: String = username.chars().take(256).collect();
+    format!("{ip}\0{}", name.to_ascii_lowercase())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use poem::listener::{Acceptor, AcceptorExt, Listener, TcpListener};
+use poem::listener::{Acceptor, AcceptorExt, TcpAcceptor};
 use poem::Server;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -247,6 +247,23 @@ impl RunningServer {
     }
 }
 
+/// The accept queue asked of the kernel: the kernel caps it at `net.core.somaxconn`.
+/// poem's own `TcpListener` asks for 1024, which a burst of thousands of connects
+/// overflows: the kernel then drops SYNs and clients wait for retransmits.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with `SO_REUSEADDR` and a [`LISTEN_BACKLOG`]-deep accept queue.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpAcceptor> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    TcpAcceptor::from_tokio(socket.listen(LISTEN_BACKLOG)?)
+}
+
 /// The unauthenticated `GET /metrics` listener of `[metrics] public_bind`.
 struct PublicMetrics {
     shutdown: oneshot::Sender<()>,
@@ -256,10 +273,7 @@ struct PublicMetrics {
 impl PublicMetrics {
     /// Binds `addr` (plain HTTP) and serves `/metrics` there until stopped.
     async fn start(addr: SocketAddr, state: AppState) -> anyhow::Result<(Self, SocketAddr)> {
-        let tcp = TcpListener::bind(addr)
-            .into_acceptor()
-            .await
-            .with_context(|| format!("binding [metrics] public_bind {addr}"))?;
+        let tcp = bind(addr).with_context(|| format!("binding [metrics] public_bind {addr}"))?;
         let bound = tcp
             .local_addr()
             .first()
@@ -421,10 +435,7 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         }),
     };
 
-    let tcp = TcpListener::bind(addr)
-        .into_acceptor()
-        .await
-        .with_context(|| format!("binding {addr}"))?;
+    let tcp = bind(addr).with_context(|| format!("binding {addr}"))?;
     let bound = tcp
         .local_addr()
         .first()

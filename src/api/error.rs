@@ -161,10 +161,36 @@ impl ApiError {
         ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_string(),
-                message: self.message.clone(),
-                details: self.details.clone(),
+                message: bounded(&self.message),
+                details: self.details.as_ref().map(bounded_details),
             },
         }
+    }
+}
+
+/// Messages longer than this are cut: some quote what the client sent (an unknown model
+/// id, a permission name), and a 10 MB id must not come back as a 10 MB error.
+pub const MAX_MESSAGE_CHARS: usize = 512;
+
+fn bounded(message: &str) -> String {
+    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}…", &message[..cut]),
+        None => message.to_string(),
+    }
+}
+
+/// Details quote what was sent too (unknown permission names, ...): each string is cut
+/// like a message, and an array keeps at most 32 entries.
+fn bounded_details(v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(bounded(s)),
+        Value::Array(items) => Value::Array(items.iter().take(32).map(bounded_details).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (bounded(k), bounded_details(v)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
@@ -271,6 +297,27 @@ pub fn error_response(err: poem::Error) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        let long = ApiError::not_found(format!("model `{}` not found", "é".repeat(10_000)));
+        let msg = long.body().error.message;
+        assert_eq!(msg.chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert!(msg.ends_with('…'));
+        assert_eq!(ApiError::not_found("short").body().error.message, "short");
+        let details = ApiError::validation("x")
+            .with_details(json!({"entries": vec!["a".repeat(10_000); 100], "n": 3}))
+            .body()
+            .error
+            .details
+            .unwrap();
+        assert_eq!(details["entries"].as_array().unwrap().len(), 32);
+        assert_eq!(
+            details["entries"][0].as_str().unwrap().chars().count(),
+            MAX_MESSAGE_CHARS + 1
+        );
+        assert_eq!(details["n"], 3);
+    }
 
     #[tokio::test]
     async fn internal_errors_quote_the_request_id_and_hide_the_cause() {

@@ -47,7 +47,7 @@ pub struct InferenceRequest {
     pub messages: Option<Vec<Message>>,
     /// Default 256, bounded by the context.
     pub max_tokens: Option<u32>,
-    /// 0 = greedy (default).
+    /// 0 = greedy (default); at most 2.
     pub temperature: Option<f32>,
     pub top_k: Option<i32>,
     pub top_p: Option<f32>,

@@ -9,6 +9,8 @@ mod cache;
 mod config;
 pub mod conn;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod guard;
 mod health;
 mod inference;

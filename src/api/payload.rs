@@ -8,6 +8,12 @@
 //! is declared is 400 `VALIDATION_ERROR` with `details.field` naming the field
 //! (`messages[1].content`). Every other type poem-openapi already parses strictly (no
 //! string for an integer, no number for a boolean or an enum).
+//!
+//! Two things plain JSON parsing lets through are refused too, as 400 `VALIDATION_ERROR`:
+//! an object with the same key twice (`{"model":"a","model":"b"}`: parsers disagree on
+//! which one wins, so a proxy that checked one and a server that used the other would
+//! disagree) and a NUL character in any string (no prompt, name or id needs one, and C
+//! code below us would cut the string there).
 
 use std::any::TypeId;
 use std::collections::HashMap;
@@ -59,12 +65,11 @@ impl<T: ParseFromJSON + 'static> ParsePayload for StrictJson<T> {
         let value = if data.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&data).map_err(|err| ParseRequestPayloadError {
+            parse_strict(&data).map_err(|err| ParseRequestPayloadError {
                 reason: err.to_string(),
             })?
         };
-        let registry = registry_of::<T>();
-        if let Some(field) = misplaced_scalar(&value, &T::schema_ref(), &registry, "") {
+        if let Some(field) = misplaced_scalar_in::<T>(&value) {
             return Err(ApiError::field(&field, format!("`{field}` must be a string")).into());
         }
         let value = T::parse_from_json(Some(value)).map_err(|err| ParseRequestPayloadError {
@@ -75,6 +80,100 @@ impl<T: ParseFromJSON + 'static> ParsePayload for StrictJson<T> {
 }
 
 poem_openapi::impl_apirequest_for_payload!(StrictJson<T>, T: ParseFromJSON + 'static);
+
+/// Parses `data` as one JSON value, refusing duplicate object keys and NUL characters.
+pub(crate) fn parse_strict(data: &[u8]) -> serde_json::Result<Value> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(data);
+    let value = StrictValue.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// A [`Value`] seed that refuses what [`parse_strict`] documents.
+#[derive(Clone, Copy)]
+struct StrictValue;
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrictValue {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+fn no_nul<E: serde::de::Error>(s: &str) -> Result<(), E> {
+    if s.contains('\0') {
+        Err(E::custom("strings must not contain NUL (\\u0000)"))
+    } else {
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictValue {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        no_nul(v)?;
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+        no_nul(&v)?;
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(v) = seq.next_element_seed(self)? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        use serde::de::Error;
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            no_nul(&key)?;
+            let v = map.next_value_seed(self)?;
+            if out.contains_key(&key) {
+                let shown: String = key.chars().take(64).collect();
+                return Err(A::Error::custom(format!("duplicate key `{shown}`")));
+            }
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
 
 /// The schemas `T` refers to, registered once per type.
 fn registry_of<T: Type + 'static>() -> Arc<Registry> {
@@ -91,6 +190,11 @@ fn registry_of<T: Type + 'static>() -> Arc<Registry> {
             Arc::new(registry)
         })
         .clone()
+}
+
+/// The path of the first number or boolean in `value` where `T`'s schema declares a string.
+pub(crate) fn misplaced_scalar_in<T: Type + 'static>(value: &Value) -> Option<String> {
+    misplaced_scalar(value, &T::schema_ref(), &registry_of::<T>(), "")
 }
 
 /// The path of the first number or boolean in `value` where `schema` declares a string.
@@ -183,6 +287,21 @@ mod tests {
             check(json!({"labels": {"k": 3}})).as_deref(),
             Some("labels.k")
         );
+    }
+
+    #[test]
+    fn duplicate_keys_and_nul_characters_are_refused() {
+        let err = parse_strict(br#"{"a":1,"b":{"c":2,"c":3}}"#).unwrap_err();
+        assert!(err.to_string().contains("duplicate key `c`"), "{err}");
+        let err = parse_strict(br#"{"a":"x\u0000y"}"#).unwrap_err();
+        assert!(err.to_string().contains("NUL"), "{err}");
+        assert!(parse_strict(br#"{"a\u0000":1}"#).is_err());
+        assert!(parse_strict(br#"{"a":1} {"#).is_err());
+        let v = parse_strict(br#"{"a":[1,-2,1.5,true,null,"s"],"b":{}}"#).unwrap();
+        assert_eq!(v, json!({"a": [1, -2, 1.5, true, null, "s"], "b": {}}));
+        // Numbers keep serde_json's own reading (u64 beyond i64, floats).
+        let v = parse_strict(b"[18446744073709551615, 1e300]").unwrap();
+        assert_eq!(v, json!([u64::MAX, 1e300]));
     }
 
     #[test]

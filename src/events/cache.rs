@@ -16,6 +16,10 @@ use std::sync::{Arc, RwLock};
 /// keys, cannot grow it without bound).
 const MAX_ENTRIES: usize = 65_536;
 
+/// Longer keys are not cached: ids are short, and 65,536 cached megabyte-long keys of
+/// hostile lookups would be tens of gigabytes.
+const MAX_CACHED_KEY: usize = 512;
+
 type Entry = Arc<dyn Any + Send + Sync>;
 
 #[derive(Default)]
@@ -60,7 +64,7 @@ impl RecordCache {
         let Ok(mut inner) = self.inner.write() else {
             return;
         };
-        if inner.generation != generation {
+        if inner.generation != generation || key.len() > MAX_CACHED_KEY {
             return;
         }
         if inner.len >= MAX_ENTRIES {
@@ -114,6 +118,10 @@ mod tests {
         assert_eq!(cache.get::<u32>("users", b"u2"), Some(None));
         cache.invalidate([("users", &b"u2"[..])]);
         assert_eq!(cache.get::<u32>("users", b"u2"), None);
+        // Long keys are read through, never kept.
+        let g = cache.generation();
+        cache.insert::<u32>("users", &[b'x'; MAX_CACHED_KEY + 1], None, g);
+        assert_eq!(cache.get::<u32>("users", &[b'x'; MAX_CACHED_KEY + 1]), None);
         // A type mismatch is a miss, never a wrong value.
         let g = cache.generation();
         cache.insert("users", b"u3", Some(3u32), g);

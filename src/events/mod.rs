@@ -45,12 +45,13 @@ mod types;
 mod verify;
 mod writer;
 
+pub(crate) use envelope::write_canonical_value;
 pub use envelope::{
     format_ts, Actor, ActorKind, ContentRecord, Envelope, EventContext, GENESIS_HASH,
 };
 pub use error::EventError;
 pub use projections::{default_projections, Projection, ProjectionTx};
-pub(crate) use raw::RawEnvelope;
+pub(crate) use raw::{is_canonical_value, RawEnvelope, MAX_DEPTH};
 pub use store::{EventPage, EventQuery, EventStore, ExportedEvent, SideWrite, StoreOptions};
 pub use types::*;
 pub use verify::VerifyReport;

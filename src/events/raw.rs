@@ -477,7 +477,6 @@ impl<'a> RawEnvelope<'a> {
 
 /// Whether `bytes` are one canonical JSON value, as verification reads a payload
 /// (compact, sorted keys, minimal escapes, nesting within what it reads).
-#[cfg(test)]
 pub(crate) fn is_canonical_value(bytes: &[u8]) -> bool {
     if std::str::from_utf8(bytes).is_err() {
         return false;

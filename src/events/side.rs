@@ -5,7 +5,7 @@
 use fjall::PersistMode;
 
 use super::error::EventError;
-use super::store::{to_unavailable, EventStore};
+use super::store::{to_unavailable, EventStore, MAX_KEY_BYTES};
 
 impl EventStore {
     /// Durably stores a value (fsynced before it returns).
@@ -33,7 +33,11 @@ impl EventStore {
 
     pub fn side_get(&self, keyspace: &str, key: &[u8]) -> Result<Option<Vec<u8>>, EventError> {
         let h = self.handles()?;
-        Ok(h.side(keyspace)?.get(key)?.map(|v| v.to_vec()))
+        let ks = h.side(keyspace)?;
+        if key.len() > MAX_KEY_BYTES {
+            return Ok(None);
+        }
+        Ok(ks.get(key)?.map(|v| v.to_vec()))
     }
 
     /// Values whose key starts with `prefix`, from `from` (inclusive, itself starting with
@@ -48,6 +52,9 @@ impl EventStore {
         let h = self.handles()?;
         let ks = h.side(keyspace)?;
         let mut out = Vec::new();
+        if from.len() > MAX_KEY_BYTES || prefix.len() > MAX_KEY_BYTES {
+            return Ok(out);
+        }
         for g in ks.range(from.to_vec()..) {
             let (k, v) = g.into_inner()?;
             if !k.starts_with(prefix) || out.len() >= limit {
@@ -61,7 +68,11 @@ impl EventStore {
     /// The last key starting with `prefix`.
     pub fn side_last(&self, keyspace: &str, prefix: &[u8]) -> Result<Option<Vec<u8>>, EventError> {
         let h = self.handles()?;
-        match h.side(keyspace)?.prefix(prefix).next_back() {
+        let ks = h.side(keyspace)?;
+        if prefix.len() > MAX_KEY_BYTES {
+            return Ok(None);
+        }
+        match ks.prefix(prefix).next_back() {
             Some(g) => Ok(Some(g.key()?.to_vec())),
             None => Ok(None),
         }

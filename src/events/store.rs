@@ -31,6 +31,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Most events folded into one commit (one fsync).
 pub const MAX_GROUP_EVENTS: usize = 4096;
+
+/// fjall's longest key (its length is a u16). A longer key is in no keyspace: reads answer
+/// "absent" for it instead of reaching fjall, which panics on one.
+pub(crate) const MAX_KEY_BYTES: usize = u16::MAX as usize;
 /// How many trailing events `open` re-verifies.
 pub const TAIL_VERIFY_EVENTS: u64 = 1000;
 /// Most events one query page returns.
@@ -650,9 +654,11 @@ impl EventStore {
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, EventError> {
         let h = self.handles()?;
-        Ok(h.projection_keyspace(keyspace)?
-            .get(key)?
-            .map(|v| v.to_vec()))
+        let ks = h.projection_keyspace(keyspace)?;
+        if key.len() > MAX_KEY_BYTES {
+            return Ok(None);
+        }
+        Ok(ks.get(key)?.map(|v| v.to_vec()))
     }
 
     /// All records of a projection keyspace whose key starts with `prefix`, in key order.
@@ -662,6 +668,9 @@ impl EventStore {
         prefix: &[u8],
     ) -> Result<super::projections::KvPairs, EventError> {
         let h = self.handles()?;
+        if prefix.len() > MAX_KEY_BYTES {
+            return Ok(Vec::new());
+        }
         h.projection_keyspace(keyspace)?
             .prefix(prefix)
             .map(|g| {

@@ -76,6 +76,15 @@ pub fn read_metadata(path: impl AsRef<Path>) -> Result<GgufMetadata, EngineError
     })
 }
 
+/// [`read_metadata`] over bytes in memory (the fuzz target's entry).
+#[doc(hidden)]
+pub fn parse_slice(bytes: &[u8]) -> Result<GgufMetadata, String> {
+    parse(bytes, bytes.len() as u64).map_err(|e| match e {
+        ParseError::Io(e) => e.to_string(),
+        ParseError::Invalid(m) => m,
+    })
+}
+
 #[derive(Debug)]
 enum ParseError {
     Io(io::Error),

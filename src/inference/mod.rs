@@ -134,6 +134,9 @@ impl Default for SamplingParams {
     }
 }
 
+/// The highest temperature accepted (OpenAI's bound; beyond it sampling is noise).
+pub const MAX_TEMPERATURE: f32 = 2.0;
+
 impl SamplingParams {
     /// Rejects values llama.cpp would misbehave on. Called by [`Engine::submit`].
     pub fn validate(&self) -> Result<(), EngineError> {
@@ -141,8 +144,8 @@ impl SamplingParams {
         if self.max_tokens == 0 {
             return bad("max_tokens must be at least 1");
         }
-        if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return bad("temperature must be a finite number >= 0");
+        if !(0.0..=MAX_TEMPERATURE).contains(&self.temperature) {
+            return bad("temperature must be in [0, 2]");
         }
         if matches!(self.top_k, Some(k) if k < 1) {
             return bad("top_k must be >= 1");

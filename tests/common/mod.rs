@@ -2,6 +2,7 @@
 //! with a temporary data dir.
 #![allow(dead_code)]
 
+pub mod leak;
 pub mod rfc6962;
 pub mod sse;
 
@@ -71,6 +72,8 @@ pub async fn start_full(
             .with_test_writer()
             .try_init();
     }
+    leak::install_log();
+    leak::secret("password", ADMIN_PASSWORD);
     let opts = StartOptions {
         admin_username: Some("admin".into()),
         admin_password: Some(ADMIN_PASSWORD.into()),
@@ -130,7 +133,10 @@ impl TestServer {
             .expect("login request");
         assert_eq!(resp.status(), 200, "login as {username}");
         let body: Value = resp.json().await.expect("login body");
-        body["token"].as_str().expect("token").to_string()
+        let token = body["token"].as_str().expect("token").to_string();
+        leak::secret("password", password);
+        leak::secret("jwt", &token);
+        token
     }
 
     /// The events of these types (comma-separated), oldest first, through the audit API.
@@ -155,6 +161,7 @@ impl TestServer {
     pub async fn user_with(&self, name: &str, role: &str, extra: &[&str]) -> (String, String) {
         let admin = self.admin_token().await;
         let password = format!("{name}-password-1234");
+        leak::secret("password", &password);
         let resp = self
             .client
             .post(self.at("/api/v1/users"))
@@ -184,6 +191,7 @@ impl TestServer {
             .expect("create key");
         assert_eq!(resp.status(), 201, "create key");
         let body: Value = resp.json().await.unwrap();
+        leak::secret("api_key", body["key"].as_str().unwrap_or_default());
         (
             body["id"].as_str().unwrap().to_string(),
             body["key"].as_str().unwrap().to_string(),
@@ -203,9 +211,20 @@ impl TestServer {
 
     pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(s) = self.server.take() {
+            leak::dump_store(s.state.store());
             s.shutdown().await.expect("clean shutdown");
         }
-        self.dir
+        let placeholder = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.dir, placeholder)
+    }
+}
+
+/// A test that ends without `stop()` still leaves its server's output to the leak scan.
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = &self.server {
+            leak::dump_store(s.state.store());
+        }
     }
 }
 
@@ -390,6 +409,7 @@ pub struct Spawned {
     pub child: std::process::Child,
     pub url: String,
     pub stderr_log: PathBuf,
+    pub data_dir: PathBuf,
 }
 
 pub fn inferno_bin() -> &'static str {
@@ -461,6 +481,7 @@ pub async fn spawn_server_under(
         child,
         url,
         stderr_log,
+        data_dir: data_dir.to_path_buf(),
     }
 }
 
@@ -479,7 +500,9 @@ impl Spawned {
             .expect("login request");
         assert_eq!(r.status(), 200, "admin login");
         let body: Value = r.json().await.expect("login body");
-        body["token"].as_str().expect("token").to_string()
+        let token = body["token"].as_str().expect("token").to_string();
+        leak::secret("jwt", &token);
+        token
     }
 
     /// GET `path` with a bearer `token`; the JSON body, whatever the status.
@@ -517,6 +540,7 @@ impl Drop for Spawned {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        leak::dump_spawned(&self.stderr_log, &self.data_dir);
     }
 }
 

@@ -8,7 +8,7 @@
 //! events, so a queue manager sees it. Errors use OpenAI's body (`compat.rs`).
 
 pub mod compat;
-mod types;
+pub(crate) mod types;
 
 use futures::StreamExt;
 use poem::web::sse::Event;

@@ -153,6 +153,9 @@ impl<'a> ProjectionTx<'a> {
         if let Some(v) = self.staged(ks, key) {
             return Ok(v.clone());
         }
+        if key.len() > crate::events::store::MAX_KEY_BYTES {
+            return Ok(None);
+        }
         Ok(keyspace.get(key)?.map(|v| v.to_vec()))
     }
 
