@@ -9,6 +9,9 @@
 //! With `EVENTS_BENCH_DIR=/some/dir` the log is kept there instead; when it already holds
 //! at least N events the append phases are skipped (to time verify/open/replay again).
 //!
+//! With `EVENTS_BENCH_PROFILE=1` only N single-event appends by 64 appenders run (for a
+//! profiler).
+//!
 //! With `EVENTS_BENCH_JSONL=FILE` every figure is also appended to FILE as one JSON line
 //! (`{"bench":"events","case":..,"metric":..,"subject":"inferno","value":..}`, the format
 //! `ops/bench-report.py` reads); the printed lines stay as they are.
@@ -146,6 +149,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     println!("events_bench: N = {n}, dir = {}", dir.display());
+    // EVENTS_BENCH_PROFILE=1: one round of the 64-appender case with the tree on, nothing
+    // else (to run under `valgrind --tool=callgrind`).
+    if std::env::var_os("EVENTS_BENCH_PROFILE").is_some() {
+        let store = EventStore::open(&dir, default_projections(), StoreOptions::default())?;
+        let (rate, _) = run_single_event_appends(&store, 64, n / 64).await;
+        store.shutdown().await;
+        println!("64 appenders, tree on: {rate:.0} events/s");
+        return Ok(());
+    }
     let store = EventStore::open(&dir, default_projections(), StoreOptions::default())?;
     if store.head().0 < n {
         append_phases(&store, n).await;

@@ -42,7 +42,11 @@ fn a_clean_run_passes_and_every_kind_of_leak_fails() {
     assert!(out.contains("no secret found"), "{out}");
 
     let leaks = [
-        ("a password", r#"{"password":"correct-horse-battery-staple"}"#, ""),
+        (
+            "a password",
+            r#"{"password":"correct-horse-battery-staple"}"#,
+            "",
+        ),
         (
             "a registered JWT",
             "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJlLXBhcnQ here",
@@ -53,7 +57,11 @@ fn a_clean_run_passes_and_every_kind_of_leak_fails() {
             "key=inf_Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0LzXcVbNmQwErTyUiOpAsDf",
             "api_key\tinf_Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0LzXcVbNmQwErTyUiOpAsDf\n",
         ),
-        ("an email", "mail to carol@example.org", "email\tcarol@example.org\n"),
+        (
+            "an email",
+            "mail to carol@example.org",
+            "email\tcarol@example.org\n",
+        ),
     ];
     for (what, artifact, extra) in leaks {
         let (ok, out) = run_with(artifact, extra);
