@@ -231,15 +231,6 @@ async fn oversized(addr: &str, method: &str, path: &str, token: &str) -> (u16, S
     (status, ct, body.as_bytes().to_vec())
 }
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hostile_body_gets_a_small_4xx_in_the_error_body_and_nothing_breaks() {
     // One principal sends every case: its rate limit is raised out of the way.
@@ -269,7 +260,7 @@ async fn every_hostile_body_gets_a_small_4xx_in_the_error_body_and_nothing_break
             resp.status()
         );
     }
-    let rss_before = rss_kib();
+    let rss_before = common::rss_kib();
 
     // `/health` is probed throughout.
     let done = Arc::new(AtomicBool::new(false));
@@ -319,13 +310,7 @@ async fn every_hostile_body_gets_a_small_4xx_in_the_error_body_and_nothing_break
                         .send()
                         .await
                         .unwrap_or_else(|e| panic!("{} {name}: {e}", r.path));
-                    let status = resp.status().as_u16();
-                    let ct = resp
-                        .headers()
-                        .get("content-type")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_string();
+                    let (status, ct) = (resp.status().as_u16(), common::content_type(&resp));
                     (status, ct, resp.bytes().await.unwrap().to_vec())
                 }
                 None => oversized(&addr, r.method.as_str(), &r.path, &admin).await,
@@ -361,15 +346,7 @@ async fn every_hostile_body_gets_a_small_4xx_in_the_error_body_and_nothing_break
     );
 
     // Nothing hostile reached the log, and the chain verifies.
-    let export = ts
-        .client
-        .get(ts.at("/api/v1/audit/export"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(export.status(), 200);
-    let export = export.text().await.unwrap();
+    let export = ts.get_text(&admin, "/api/v1/audit/export").await;
     assert!(
         !export.contains(&FILLER.repeat(4)),
         "a 10 MB string reached the log"
@@ -379,20 +356,11 @@ async fn every_hostile_body_gets_a_small_4xx_in_the_error_body_and_nothing_break
         "the log grew by {} bytes",
         export.len()
     );
-    let verify: Value = ts
-        .client
-        .get(ts.at("/api/v1/audit/verify"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let verify = ts.get_json(&admin, "/api/v1/audit/verify").await;
     assert_eq!(verify["ok"], true, "{verify}");
 
     // Memory is back within the bound, and the server still serves inference.
-    let rss_after = rss_kib();
+    let rss_after = common::rss_kib();
     println!(
         "RSS before the corpus {} MiB, after {} MiB",
         rss_before >> 10,

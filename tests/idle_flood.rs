@@ -14,15 +14,6 @@ const CONNECTIONS: usize = 5_000;
 /// Resident memory the open connections may add to the process (server and client side).
 const RSS_GROWTH_BOUND_MIB: u64 = 256;
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn open_files_limit() -> u64 {
     std::fs::read_to_string("/proc/self/limits")
         .unwrap_or_default()
@@ -60,7 +51,7 @@ async fn five_thousand_idle_connections_are_closed_and_health_keeps_answering() 
     .await;
     let addr = ts.url.trim_start_matches("http://").to_string();
     let health = ts.at("/health");
-    let rss_before = rss_kib();
+    let rss_before = common::rss_kib();
 
     let started = Instant::now();
     let mut conns = Vec::with_capacity(CONNECTIONS);
@@ -77,7 +68,7 @@ async fn five_thousand_idle_connections_are_closed_and_health_keeps_answering() 
         }
     }
     let opened = started.elapsed();
-    let rss_open = rss_kib();
+    let rss_open = common::rss_kib();
     // Every connection is still held; the server keeps answering others.
     for _ in 0..20 {
         probe_health(&ts.client, &health, &mut lat).await;

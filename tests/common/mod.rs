@@ -299,8 +299,8 @@ pub async fn try_infer(client: &reqwest::Client, url: &str, token: &str) -> Opti
 }
 
 impl TestServer {
-    /// GET `path` with `token`; asserts 200 and returns the body.
-    pub async fn get_json(&self, token: &str, path: &str) -> Value {
+    /// GET `path` with `token`; asserts 200 and returns the body as text.
+    pub async fn get_text(&self, token: &str, path: &str) -> String {
         let r = self
             .client
             .get(self.at(path))
@@ -309,7 +309,13 @@ impl TestServer {
             .await
             .expect("GET");
         assert_eq!(r.status(), 200, "GET {path}");
-        r.json().await.expect("JSON body")
+        r.text().await.expect("body")
+    }
+
+    /// GET `path` with `token`; asserts 200 and returns the body.
+    pub async fn get_json(&self, token: &str, path: &str) -> Value {
+        let text = self.get_text(token, path).await;
+        serde_json::from_str(&text).expect("JSON body")
     }
 
     /// `POST /api/v1/jobs` with `body`; asserts 202 and returns the job id.
@@ -386,15 +392,29 @@ pub fn floats_in(v: &Value, path: &str, out: &mut Vec<String>) {
     }
 }
 
-/// Asserts the documented error body and returns it.
-pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
-    assert_eq!(resp.status().as_u16(), status, "unexpected status");
-    let ct = resp
-        .headers()
+/// A response's content type ("" when it has none).
+pub fn content_type(resp: &reqwest::Response) -> String {
+    resp.headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
-        .to_string();
+        .to_string()
+}
+
+/// This process's resident memory in KiB (in-process servers count in it).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Asserts the documented error body and returns it.
+pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(resp.status().as_u16(), status, "unexpected status");
+    let ct = content_type(&resp);
     assert!(ct.starts_with("application/json"), "content-type {ct}");
     let body: Value = resp.json().await.expect("error body is JSON");
     assert_eq!(body["error"]["code"], code, "body: {body}");

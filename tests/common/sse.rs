@@ -21,12 +21,7 @@ pub struct SseReader {
 impl SseReader {
     pub fn new(resp: reqwest::Response) -> Self {
         assert_eq!(resp.status(), 200, "SSE status");
-        let ct = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let ct = super::content_type(&resp);
         assert!(ct.starts_with("text/event-stream"), "content-type {ct}");
         Self {
             body: resp.bytes_stream().boxed(),
