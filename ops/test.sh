@@ -19,7 +19,7 @@ log="$(mktemp)"
 # here, ops/nats_capture.py every NATS message; ops/leak_scan.py checks them after the run.
 export INFERNO_LEAK_DIR="$(mktemp -d)"
 python3 ops/nats_capture.py "$INFERNO_LEAK_DIR/nats.bin" & capture=$!
-trap 'kill $capture 2>/dev/null; rm -rf "$log" "$INFERNO_LEAK_DIR"' EXIT
+trap 'kill $capture 2>/dev/null || true; rm -rf "$log" "$INFERNO_LEAK_DIR"' EXIT
 set +e
 cargo test --all-targets --no-fail-fast -- --test-threads 2 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
@@ -32,7 +32,7 @@ ops/fuzz.sh short
 fuzz_status=$?
 [ "$status" -eq 0 ] && status=$fuzz_status
 echo "== secret-leak scan"
-kill $capture 2>/dev/null
+kill $capture 2>/dev/null || true
 python3 ops/leak_scan.py "$INFERNO_LEAK_DIR" tests | tee -a "$log"
 leak_status=${PIPESTATUS[0]}
 [ "$status" -eq 0 ] && status=$leak_status

@@ -49,7 +49,8 @@ pub fn secret(kind: &str, value: &str) {
         .append(true)
         .open(path)
     {
-        let _ = writeln!(f, "{kind}\t{value}");
+        // One write per line: tests write from several threads at once.
+        let _ = f.write_all(format!("{kind}\t{value}\n").as_bytes());
     }
 }
 
