@@ -32,6 +32,13 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 /// Most events folded into one commit (one fsync).
 pub const MAX_GROUP_EVENTS: usize = 4096;
 
+/// The journal kept before fjall flushes the memtables that pin its oldest file. Every
+/// keyspace's memtable may otherwise grow to 64 MiB, and fjall's default of 512 MiB lets a
+/// server that writes to many keyspaces (last-used times, job results, stream chunks)
+/// hold hundreds of MiB of memtables; this bounds them to about as much as the journal
+/// holds, and keeps start-up's journal replay short. fjall's minimum.
+const MAX_JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
+
 /// fjall's longest key (its length is a u16). A longer key is in no keyspace: reads answer
 /// "absent" for it instead of reaching fjall, which panics on one.
 pub(crate) const MAX_KEY_BYTES: usize = u16::MAX as usize;
@@ -226,6 +233,7 @@ impl Handles {
         projections: &[Arc<dyn Projection>],
     ) -> Result<Handles, EventError> {
         let db = Database::builder(data_dir.join(LOG_DIR))
+            .max_journaling_size(MAX_JOURNALING_BYTES)
             .open()
             .map_err(|e| match e {
                 fjall::Error::Locked => EventError::Locked(data_dir.display().to_string()),
