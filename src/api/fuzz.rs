@@ -3,21 +3,11 @@
 //! check, poem-openapi's typed parse, the conversion to [`InferenceInput`]) and then the
 //! sampling rules. Every step may refuse; none may panic.
 
-use poem_openapi::types::ParseFromJSON;
-
 use super::inference::{to_input, InferenceRequest};
 use super::openai::types::ChatCompletionRequest;
-use super::payload::{misplaced_scalar_in, parse_strict};
+use super::payload::parse_body;
 use crate::inference::runner::InferenceInput;
 use crate::inference::SamplingParams;
-
-fn checked<T: ParseFromJSON + 'static>(data: &[u8]) -> Option<T> {
-    let value = parse_strict(data).ok()?;
-    if misplaced_scalar_in::<T>(&value).is_some() {
-        return None;
-    }
-    T::parse_from_json(Some(value)).ok()
-}
 
 fn sampling(input: InferenceInput) {
     let params = input.sampling.apply(SamplingParams::default());
@@ -30,7 +20,7 @@ fn sampling(input: InferenceInput) {
 
 /// A `POST /api/v1/inference` (and `/api/v1/jobs`) body.
 pub fn inference_request(data: &[u8]) {
-    if let Some(req) = checked::<InferenceRequest>(data) {
+    if let Ok(req) = parse_body::<InferenceRequest>(data) {
         if let Ok(input) = to_input(req) {
             sampling(input);
         }
@@ -39,7 +29,7 @@ pub fn inference_request(data: &[u8]) {
 
 /// A `POST /v1/chat/completions` body.
 pub fn chat_request(data: &[u8]) {
-    if let Some(req) = checked::<ChatCompletionRequest>(data) {
+    if let Ok(req) = parse_body::<ChatCompletionRequest>(data) {
         if let Ok(input) = req.input() {
             sampling(input);
         }

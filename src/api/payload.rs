@@ -62,21 +62,27 @@ impl<T: ParseFromJSON + 'static> ParsePayload for StrictJson<T> {
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> Result<Self> {
         let data = Vec::<u8>::from_request(request, body).await?;
-        let value = if data.is_empty() {
-            Value::Null
-        } else {
-            parse_strict(&data).map_err(|err| ParseRequestPayloadError {
-                reason: err.to_string(),
-            })?
-        };
-        if let Some(field) = misplaced_scalar_in::<T>(&value) {
-            return Err(ApiError::field(&field, format!("`{field}` must be a string")).into());
-        }
-        let value = T::parse_from_json(Some(value)).map_err(|err| ParseRequestPayloadError {
-            reason: err.into_message(),
-        })?;
-        Ok(Self(value))
+        parse_body::<T>(&data).map(Self)
     }
+}
+
+/// A request body as [`StrictJson`] reads it: strict JSON (empty is `null`), then the
+/// type-confusion check against `T`'s schema, then `T`'s own parse.
+pub(crate) fn parse_body<T: ParseFromJSON + 'static>(data: &[u8]) -> Result<T> {
+    let value = if data.is_empty() {
+        Value::Null
+    } else {
+        parse_strict(data).map_err(|err| ParseRequestPayloadError {
+            reason: err.to_string(),
+        })?
+    };
+    if let Some(field) = misplaced_scalar_in::<T>(&value) {
+        return Err(ApiError::field(&field, format!("`{field}` must be a string")).into());
+    }
+    let value = T::parse_from_json(Some(value)).map_err(|err| ParseRequestPayloadError {
+        reason: err.into_message(),
+    })?;
+    Ok(value)
 }
 
 poem_openapi::impl_apirequest_for_payload!(StrictJson<T>, T: ParseFromJSON + 'static);
@@ -193,7 +199,7 @@ fn registry_of<T: Type + 'static>() -> Arc<Registry> {
 }
 
 /// The path of the first number or boolean in `value` where `T`'s schema declares a string.
-pub(crate) fn misplaced_scalar_in<T: Type + 'static>(value: &Value) -> Option<String> {
+fn misplaced_scalar_in<T: Type + 'static>(value: &Value) -> Option<String> {
     misplaced_scalar(value, &T::schema_ref(), &registry_of::<T>(), "")
 }
 

@@ -145,7 +145,7 @@ impl SamplingParams {
             return bad("max_tokens must be at least 1");
         }
         if !(0.0..=MAX_TEMPERATURE).contains(&self.temperature) {
-            return bad("temperature must be in [0, 2]");
+            return bad(&format!("temperature must be in [0, {MAX_TEMPERATURE}]"));
         }
         if matches!(self.top_k, Some(k) if k < 1) {
             return bad("top_k must be >= 1");
