@@ -16,8 +16,9 @@ is meant to be slow), 12.5% API-key create then revoke, 2% queued jobs (2 tokens
 beside them synchronous inference (two clients, closed loop, 8 tokens each).
 
 Normally started by ops/soak.sh. Stdlib only. Prints a table; `--json-out F` writes the
-figures as one JSON object. Exits 1 when any request of the soak failed or when RSS or fds
-after the load exceed the end of the soak by more than the stated slack.
+figures as one JSON object. Exits 1 when any request of the soak failed, when the soak did
+not hold its rate (95% overall, 85% in every 10 s sample), or when RSS or fds after the load
+exceed the end of the soak by more than the stated slack.
 
 usage: soak.py --inferno-bin BIN --model GGUF [--minutes 10] [--start-rate 50]
                [--max-rate 3200] [--workers 24] [--json-out F] [--jsonl-out F]
@@ -44,6 +45,11 @@ MODEL_ID = "gemma-3-270m-q4_k_m"
 # Slack allowed after the load: RSS may settle up to this much above the soak's last sample.
 RSS_SLACK_MIB = 32
 FD_SLACK = 8
+# The soak fails unless it achieved this share of its rate overall, and each 10 s sample
+# (SAMPLE_S) at least SAMPLE_HELD of it: a server that slows down as state accumulates fails.
+HELD = 0.95
+SAMPLE_S = 10
+SAMPLE_HELD = 0.85
 
 
 def log(msg):
@@ -273,7 +279,7 @@ def main():
             p99 = pct(lat, 0.99)
             log(f"ramp {rate:.0f}/s: achieved {achieved:.0f}/s, p99 {p99 * 1e3:.1f} ms, "
                 f"{len(errors)} errors")
-            if errors or p99 > 1.0 or achieved < 0.95 * rate:
+            if errors or p99 > 1.0 or achieved < HELD * rate:
                 break
             best = rate
             rate *= 2
@@ -286,11 +292,12 @@ def main():
         end = time.monotonic() + args.minutes * 60
         t_start = time.monotonic()
         while time.monotonic() < end:
-            run_at(load, best, min(10, end - time.monotonic()), args.workers, stop)
+            secs = min(SAMPLE_S, end - time.monotonic())
+            run_at(load, best, secs, args.workers, stop)
             lat, errors, done, infer = load.take()
             rss, fds = proc_stats(proc.pid)
             samples.append({"t_s": round(time.monotonic() - t_start), "rss_mib": rss, "fds": fds,
-                            "p99_ms": pct(lat, 0.99) * 1e3, "ops": done,
+                            "p99_ms": pct(lat, 0.99) * 1e3, "ops": done, "secs": secs,
                             "inferences": len(infer)})
             all_lat += lat
             all_errors += errors
@@ -351,6 +358,13 @@ def main():
         failed.append(f"{d['errors'] + a['errors']} errors: {d['error_kinds']}")
     if a["rss_mib"] > d["rss_mib_last"] + RSS_SLACK_MIB:
         failed.append(f"RSS grew after the load: {d['rss_mib_last']:.0f} -> {a['rss_mib']:.0f} MiB")
+    if d["achieved_rate"] < HELD * out["rate"]:
+        failed.append(f"the rate was not held: {d['achieved_rate']:.0f}/s of {out['rate']:.0f}/s")
+    # One sample may fall short of the rate by more (a 10 s window catches a pause whole).
+    slow = [s for s in samples if s["ops"] < SAMPLE_HELD * out["rate"] * s["secs"]]
+    if slow:
+        failed.append(f"{len(slow)} of {len(samples)} samples fell below the rate "
+                      f"(first at {slow[0]['t_s']} s: {slow[0]['ops']} requests)")
     if a["fds"] > b["fds"] + FD_SLACK:
         failed.append(f"fds not released: {b['fds']} before, {a['fds']} after")
     for f in failed:

@@ -234,6 +234,7 @@ async fn mixed_workload(store: &EventStore) {
 const PROJECTIONS: &[&str] = &[
     "users",
     "api_keys",
+    "api_keys_live",
     "revoked_tokens",
     "models",
     "config",

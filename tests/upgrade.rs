@@ -79,6 +79,8 @@ async fn a_data_dir_of_the_previous_build_verifies_starts_and_hides_its_hashes()
     let env = [
         ("INFERNO_MODELS__DIR", models.to_str().unwrap()),
         ("INFERNO_MODELS__THREADS", "1"),
+        // The fixture's admin holds one live key (old-key): with a limit of 2, one more.
+        ("INFERNO_AUTH__MAX_KEYS_PER_USER", "2"),
     ];
     let server = common::spawn_server(&data, &env).await;
     let client = reqwest::Client::new();
@@ -172,6 +174,24 @@ async fn a_data_dir_of_the_previous_build_verifies_starts_and_hides_its_hashes()
     assert!(!String::from_utf8_lossy(&api_export).contains("$argon2"));
     let (ok, out) = common::run_readme_recipe(&api_export);
     assert!(ok, "{out}");
+
+    // The live-key index, which the fixture predates, was caught up from its log at open:
+    // old-key counts against the limit of 2.
+    let create_key = || {
+        let (client, token) = (client.clone(), token.clone());
+        let url = server.at("/api/v1/auth/api-keys");
+        async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"name": "after-upgrade", "permissions": []}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(create_key().await.status(), 201);
+    common::expect_error(create_key().await, 409, "CONFLICT").await;
 
     // Inference goes on, and the restart after it verifies too.
     common::infer_once(&client, &server.url, &token).await;

@@ -122,10 +122,7 @@ impl AuthService {
             }
         }
         let now = Utc::now();
-        let live = api_keys::list_for_user(&self.store, principal.user_id())?
-            .iter()
-            .filter(|k| k.revoked_at.is_none() && k.expires_at.is_none_or(|e| e > now))
-            .count();
+        let live = api_keys::live_count_for_user(&self.store, principal.user_id(), now)?;
         if live >= self.max_keys_per_user as usize {
             return Err(AuthError::Conflict(format!(
                 "a user may hold at most {} live API keys; revoke one first",

@@ -1,4 +1,6 @@
-//! API keys (revoked and expired keys stay, for audit) and a per-user index.
+//! API keys (revoked and expired keys stay, for audit), a per-user index, and the index of
+//! each user's unrevoked keys with their expiry ([`ApiKeysLiveProjection`]), which the
+//! per-user key limit counts without reading the records of every key the user ever had.
 
 use super::*;
 use chrono::{DateTime, Utc};
@@ -6,6 +8,7 @@ use serde::Deserialize;
 
 pub const KS: &str = "api_keys";
 pub const KS_BY_USER: &str = "api_keys_by_user";
+pub const KS_LIVE: &str = "api_keys_live";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
@@ -97,6 +100,95 @@ impl Projection for ApiKeysProjection {
         }
         Ok(())
     }
+}
+
+/// Each user's unrevoked keys: `u<user>\0<key>` -> expiry (microseconds since the epoch,
+/// big-endian; empty for none) and `k<key>` -> owner, to find the first from a revocation.
+/// A projection of its own, so a data dir from before it is caught up at open.
+pub struct ApiKeysLiveProjection;
+
+fn live_user_key(user_id: &str, key_id: &str) -> Vec<u8> {
+    let mut k = live_user_prefix(user_id);
+    k.extend_from_slice(key_id.as_bytes());
+    k
+}
+
+fn live_user_prefix(user_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user_id.len() + 2);
+    k.push(b'u');
+    k.extend_from_slice(&user_prefix(user_id));
+    k
+}
+
+fn live_owner_key(key_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key_id.len() + 1);
+    k.push(b'k');
+    k.extend_from_slice(key_id.as_bytes());
+    k
+}
+
+impl Projection for ApiKeysLiveProjection {
+    fn name(&self) -> &'static str {
+        "api_keys_live"
+    }
+    fn reads_payload(&self) -> bool {
+        false
+    }
+    fn keyspaces(&self) -> &'static [&'static str] {
+        &[KS_LIVE]
+    }
+    fn apply(
+        &self,
+        tx: &mut ProjectionTx<'_>,
+        _env: &Envelope,
+        event: &Event,
+    ) -> Result<(), EventError> {
+        match event {
+            Event::ApiKeyCreated(e) => {
+                let expiry = e
+                    .expires_at
+                    .map(|t| t.timestamp_micros().to_be_bytes().to_vec())
+                    .unwrap_or_default();
+                tx.put(KS_LIVE, live_user_key(&e.user_id, &e.key_id), expiry)?;
+                tx.put(KS_LIVE, live_owner_key(&e.key_id), e.user_id.as_bytes())?;
+            }
+            Event::ApiKeyRevoked(e) => {
+                let owner = live_owner_key(&e.key_id);
+                if let Some(user) = tx.get(KS_LIVE, &owner)? {
+                    let user = String::from_utf8_lossy(&user).into_owned();
+                    tx.delete(KS_LIVE, live_user_key(&user, &e.key_id))?;
+                    tx.delete(KS_LIVE, owner)?;
+                }
+            }
+            Event::UserDeleted(e) => {
+                let prefix = live_user_prefix(&e.user_id);
+                for (k, _) in tx.scan_prefix(KS_LIVE, &prefix)? {
+                    let key_id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                    tx.delete(KS_LIVE, live_owner_key(&key_id))?;
+                    tx.delete(KS_LIVE, k)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// How many of the user's keys are neither revoked nor expired at `now`.
+pub fn live_count_for_user(
+    store: &EventStore,
+    user_id: &str,
+    now: DateTime<Utc>,
+) -> Result<usize, EventError> {
+    let now = now.timestamp_micros();
+    Ok(store
+        .projection_scan(KS_LIVE, &live_user_prefix(user_id))?
+        .iter()
+        .filter(|(_, expiry)| match <[u8; 8]>::try_from(expiry.as_slice()) {
+            Ok(b) => i64::from_be_bytes(b) > now,
+            Err(_) => true,
+        })
+        .count())
 }
 
 pub fn get(store: &EventStore, key_id: &str) -> Result<Option<ApiKeyRecord>, EventError> {

@@ -239,6 +239,7 @@ pub fn default_projections() -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(users::UsersProjection),
         Arc::new(api_keys::ApiKeysProjection),
+        Arc::new(api_keys::ApiKeysLiveProjection),
         Arc::new(revoked_tokens::RevokedTokensProjection),
         Arc::new(models::ModelsProjection),
         Arc::new(config::ConfigProjection),
