@@ -5,9 +5,11 @@ with zero errors.
 
 Phases:
   1. idle baseline (30 s): RSS, fds, and p99 of a light probe (5 req/s);
-  2. ramp: the control-plane request rate doubles every 15 s from --start-rate while two
+  2. ramp: the control-plane request rate doubles every 30 s from --start-rate while two
      clients run inference back to back; the highest step with zero errors, p99 under
-     1 s and at least 95% of its target achieved is the soak rate;
+     1 s, at least 95% of its target achieved and at most 8 jobs left queued (the engine
+     keeps up) is the soak rate; after the first step that fails, the rate halfway to
+     it (1.5x the last sustained one) is tried once;
   3. soak (--minutes, default 10) at that rate, sampled every 10 s;
   4. after: 60 s idle, then the light probe again.
 The mixed load, by share of the control-plane requests: authenticated reads (55% `GET
@@ -50,6 +52,11 @@ FD_SLACK = 8
 HELD = 0.95
 SAMPLE_S = 10
 SAMPLE_HELD = 0.85
+# A ramp step lasts RAMP_S; it is sustained only if the engine kept up with the queued jobs
+# (at most MAX_BACKLOG still queued at its end): a backlog grows until the per-owner cap
+# refuses jobs with 429, long after a short step would have passed.
+RAMP_S = 30
+MAX_BACKLOG = 8
 
 
 def log(msg):
@@ -203,6 +210,8 @@ def inference_clients(port, key, stop_flag, load, n=2):
                 load.infer_lat.append(time.monotonic() - t0)
                 if not ok:
                     load.errors.append(f"inference {s}")
+            if not ok:
+                time.sleep(0.1)  # a refusal is counted once, not retried in a tight loop
 
     ts = [threading.Thread(target=loop, daemon=True) for _ in range(n)]
     for t in ts:
@@ -254,6 +263,15 @@ def main():
         stop = threading.Event()
         out = {"minutes": args.minutes}
 
+        def queued():
+            q = http_json("GET", f"{base}/api/v1/queue", None, {"Authorization": f"Bearer {jwt}"})
+            return sum(s["count"] for s in q["by_status"] if s["status"] == "queued")
+
+        def drain(limit_s=120):
+            deadline = time.monotonic() + limit_s
+            while queued() > 0 and time.monotonic() < deadline:
+                time.sleep(1)
+
         def probe(label):
             load.reset()
             run_at(load, 5, 20, 2, stop)
@@ -269,23 +287,34 @@ def main():
         # Ramp.
         infer_stop = threading.Event()
         inference_clients(port, key, infer_stop, load)
-        rate, best = args.start_rate, None
+        rate, best, refined = args.start_rate, None, False
         while rate <= args.max_rate:
             load.reset()
             t0 = time.monotonic()
-            run_at(load, rate, 15, args.workers, stop)
+            run_at(load, rate, RAMP_S, args.workers, stop)
             lat, errors, done, _ = load.take()
             achieved = done / (time.monotonic() - t0)
             p99 = pct(lat, 0.99)
+            depth = queued()
+            kinds = ", ".join(f"{k} x{errors.count(k)}" for k in sorted(set(errors))[:5])
             log(f"ramp {rate:.0f}/s: achieved {achieved:.0f}/s, p99 {p99 * 1e3:.1f} ms, "
-                f"{len(errors)} errors")
-            if errors or p99 > 1.0 or achieved < HELD * rate:
-                break
+                f"{depth} jobs queued, {len(errors)} errors" + (f" ({kinds})" if kinds else ""))
+            if errors or p99 > 1.0 or achieved < HELD * rate or depth > MAX_BACKLOG:
+                # Once, halfway between the last sustained step and this one (after the
+                # backlog has drained).
+                if best is None or refined:
+                    break
+                refined, rate = True, best * 1.5
+                drain()
+                continue
             best = rate
+            if refined:
+                break
             rate *= 2
         if best is None:
             raise RuntimeError(f"no rate from {args.start_rate}/s up was sustained without errors")
         out["rate"] = best
+        drain()  # what a failed step left queued is not the soak's
 
         # Soak.
         samples, all_lat, all_errors, total = [], [], [], 0
@@ -298,6 +327,7 @@ def main():
             rss, fds = proc_stats(proc.pid)
             samples.append({"t_s": round(time.monotonic() - t_start), "rss_mib": rss, "fds": fds,
                             "p99_ms": pct(lat, 0.99) * 1e3, "ops": done, "secs": secs,
+                            "queued": queued(),
                             "inferences": len(infer)})
             all_lat += lat
             all_errors += errors
@@ -312,6 +342,7 @@ def main():
             "fds_last": samples[-1]["fds"], "p99_ms": pct(all_lat, 0.99) * 1e3,
             "p50_ms": pct(all_lat, 0.5) * 1e3, "requests": total, "achieved_rate": total / wall,
             "errors": len(all_errors), "error_kinds": sorted(set(all_errors))[:10],
+            "queued_max": max(s["queued"] for s in samples),
         }
         out["samples"] = samples
         log(f"soak: {total} requests at {total / wall:.0f}/s, {len(all_errors)} errors")
@@ -332,6 +363,8 @@ def main():
     print(f"| during (first / max / last sample) | {d['rss_mib_first']:.0f} / {d['rss_mib_max']:.0f} / "
           f"{d['rss_mib_last']:.0f} | max {d['fds_max']}, last {d['fds_last']} | {d['p99_ms']:.2f} | "
           f"{d['requests']} | {d['errors']} |")
+    print(f"\nRequests/s achieved during the soak: {d['achieved_rate']:.1f}; "
+          f"most jobs queued at a sample: {d['queued_max']}")
     print(f"| after (60 s idle) | {a['rss_mib']:.0f} | {a['fds']} | {a['p99_ms']:.2f} | {a['requests']} | {a['errors']} |")
     if args.json_out:
         with open(args.json_out, "w") as f:
@@ -344,6 +377,7 @@ def main():
             ("during", "p99 ms", d["p99_ms"]), ("during", "requests/s", d["achieved_rate"]),
             ("during", "requests", d["requests"]), ("during", "errors", d["errors"]),
             ("during", "inferences", out["inferences"]),
+            ("during (max)", "jobs queued", d["queued_max"]),
             ("during (last sample)", "RSS MiB", d["rss_mib_last"]),
             ("during (last sample)", "open fds", d["fds_last"]),
             ("after 60 s idle", "RSS MiB", a["rss_mib"]), ("after 60 s idle", "open fds", a["fds"]),

@@ -4,8 +4,8 @@
 //! Appends go over a channel to a single writer. It drains whatever is waiting (up to
 //! [`MAX_GROUP_EVENTS`]), assigns `seq`/`id`/`ts`/`prev_hash`/`hash`, folds the events into
 //! every projection, writes events, indexes, projection records and checkpoints in ONE
-//! fjall batch, commits it with `SyncAll`, and only then answers the callers and
-//! broadcasts. A failed commit answers the whole group with [`EventError::Unavailable`],
+//! fjall batch; its committer thread commits the batch with `SyncAll` (while the writer
+//! builds the next one) and only then answers the callers and broadcasts. A failed commit answers the whole group with [`EventError::Unavailable`],
 //! leaves the head where it was, and makes the writer reopen the database before the next
 //! group (fjall refuses writes after a failed journal write), so the server recovers when
 //! the disk does. Verification is in `verify.rs`, catch-up and replay folds in `fold.rs`.

@@ -1,5 +1,13 @@
 //! The single writer: group commit, sealing (hashing over the stored bytes), projection
 //! updates in the same batch, one fsync per group.
+//!
+//! Two threads, pipelined: the writer seals group `n + 1` and folds it into the
+//! projections while the committer writes group `n` to the journal, syncs it, applies it
+//! to the memtables and answers its appenders. Group `n + 1` reads group `n`'s projection
+//! writes from memory (they may not be in the keyspaces yet) and goes to the committer
+//! only once group `n` has committed; if that commit fails, group `n + 1` is refused with
+//! it (it was built on its state), the head goes back to before `n`, and the writer
+//! reopens the database. At most one group is in flight, so a 2xx still means synced.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -13,7 +21,7 @@ use super::cache::RecordCache;
 use super::envelope::Envelope;
 use super::error::EventError;
 use super::merkle::TreeEdge;
-use super::projections::{Projection, ProjectionTx};
+use super::projections::{Projection, ProjectionTx, Staged};
 use super::seal::{Place, Prepared, PreparedCtx};
 use super::store::{
     checkpoint_key, index_key, seq_key, to_unavailable, Handles, SharedHandles, SideWrite,
@@ -27,6 +35,33 @@ pub(super) struct AppendRequest {
     /// Side keyspace writes committed in the same batch as the events.
     pub(super) side: Vec<SideWrite>,
     pub(super) reply: oneshot::Sender<Result<Vec<Envelope>, EventError>>,
+}
+
+type Reply = oneshot::Sender<Result<Vec<Envelope>, EventError>>;
+
+/// A group built by the writer, for the committer.
+struct Built {
+    batch: fjall::OwnedWriteBatch,
+    accepted: Vec<(Reply, Vec<Envelope>)>,
+    /// The group's projection writes (read by the next group; their keys leave the cache).
+    staged: Arc<Staged>,
+    /// The head after the group.
+    head: (u64, String),
+    events: usize,
+    started: std::time::Instant,
+}
+
+/// The writer's state before a group, to go back to when its commit fails.
+struct Before {
+    seq: u64,
+    hash: String,
+    last_ts: Option<DateTime<Utc>>,
+}
+
+/// The group being committed: its writes, and the state before it.
+struct InFlight {
+    staged: Arc<Staged>,
+    before: Before,
 }
 
 pub(super) enum WriterMsg {
@@ -54,6 +89,24 @@ pub(super) struct Writer {
 
 impl Writer {
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
+        let (to_commit, commits) = std::sync::mpsc::sync_channel::<Built>(1);
+        let (done_tx, done) = std::sync::mpsc::channel::<bool>();
+        let committer = Committer {
+            cache: self.cache.clone(),
+            head: self.head.clone(),
+            live: self.live.clone(),
+        };
+        let committer = std::thread::Builder::new()
+            .name("inferno-event-commit".into())
+            .spawn(move || committer.run(commits, done_tx));
+        let committer = match committer {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the event committer thread");
+                return;
+            }
+        };
+        let mut in_flight: Option<InFlight> = None;
         let mut shutdown = None;
         while let Some(first) = rx.blocking_recv() {
             let mut group = Vec::new();
@@ -75,16 +128,55 @@ impl Writer {
                 }
             }
             if !group.is_empty() {
-                self.commit_group(group);
+                let built = self.build_group(group, in_flight.as_ref().map(|f| &*f.staged));
+                if let Some(prev) = in_flight.take() {
+                    if !done.recv().unwrap_or(false) {
+                        self.restore(prev.before);
+                        if let Some((b, _)) = built {
+                            let msg = "event log commit failed (the group before this one)";
+                            b.refuse(msg);
+                        }
+                        if shutdown.is_some() {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+                if let Some((b, before)) = built {
+                    in_flight = Some(InFlight {
+                        staged: b.staged.clone(),
+                        before,
+                    });
+                    if to_commit.send(b).is_err() {
+                        tracing::error!("the event committer stopped");
+                        break;
+                    }
+                }
             }
             if shutdown.is_some() {
                 break;
             }
         }
+        if let Some(prev) = in_flight.take() {
+            if !done.recv().unwrap_or(false) {
+                self.restore(prev.before);
+            }
+        }
+        drop(to_commit);
+        let _ = committer.join();
         drop(self);
         if let Some(ack) = shutdown {
             let _ = ack.send(());
         }
+    }
+
+    /// Back to before a group whose commit failed; the database is reopened (and the
+    /// tree's edge read back from it) before the next group.
+    fn restore(&mut self, before: Before) {
+        self.seq = before.seq;
+        self.hash = before.hash;
+        self.last_ts = before.last_ts;
+        self.needs_reopen = true;
     }
 
     fn current_handles(&mut self) -> Result<Arc<Handles>, EventError> {
@@ -134,21 +226,38 @@ impl Writer {
         ts
     }
 
-    fn commit_group(&mut self, group: Vec<AppendRequest>) {
+    /// Seals the group, folds it and fills its batch; `None` when no request of it was
+    /// accepted (each refused one has its answer).
+    fn build_group(
+        &mut self,
+        group: Vec<AppendRequest>,
+        in_flight: Option<&Staged>,
+    ) -> Option<(Built, Before)> {
         let h = match self.current_handles() {
             Ok(h) => h,
             Err(e) => {
                 for req in group {
                     let _ = req.reply.send(Err(to_unavailable(&e)));
                 }
-                return;
+                return None;
             }
         };
         let started = std::time::Instant::now();
-        let (start_seq, start_hash, start_ts) = (self.seq, self.hash.clone(), self.last_ts);
-        let mut tx = ProjectionTx::new(&h.projection_ks);
-        let mut accepted: Vec<(oneshot::Sender<_>, Vec<Envelope>)> = Vec::new();
-        let mut batch = h.db.batch().durability(Some(PersistMode::SyncAll));
+        let before = Before {
+            seq: self.seq,
+            hash: self.hash.clone(),
+            last_ts: self.last_ts,
+        };
+        let mut tx = ProjectionTx::new(&h.projection_ks).over(in_flight);
+        let mut accepted: Vec<(Reply, Vec<Envelope>)> = Vec::new();
+        // Sized for the group (events, their two index entries, projection records,
+        // tree entries), so the batch does not grow by reallocation.
+        let items = group
+            .iter()
+            .map(|r| r.events.len() * 8 + r.side.len())
+            .sum::<usize>();
+        let mut batch = fjall::OwnedWriteBatch::with_capacity(h.db.clone(), items + 64)
+            .durability(Some(PersistMode::SyncAll));
         let mut buf = Vec::with_capacity(1024);
 
         for req in group {
@@ -216,9 +325,9 @@ impl Writer {
             }
         }
         if accepted.is_empty() {
-            return;
+            return None;
         }
-        let written = tx.drain_into(&mut batch);
+        let staged = Arc::new(tx.drain_into(&mut batch));
         if let Some(tree) = &mut self.tree {
             for (key, tile) in tree.take_writes() {
                 match tile {
@@ -234,37 +343,80 @@ impl Writer {
                 seq_key(self.seq).to_vec(),
             );
         }
-        match batch.commit() {
-            Ok(()) => {
-                // Before anyone is answered, so a request that depends on this commit never
-                // reads a cached record from before it.
-                self.cache
-                    .invalidate(written.iter().map(|(ks, key)| (*ks, key.as_slice())));
-                if let Ok(mut head) = self.head.write() {
-                    *head = (self.seq, self.hash.clone());
-                }
-                crate::metrics::events_appended((self.seq - start_seq) as usize, started.elapsed());
-                // Envelopes are cloned for the live tail only while someone tails it.
-                let tailed = self.live.receiver_count() > 0;
-                for (reply, envs) in accepted {
-                    if tailed {
-                        for env in &envs {
-                            let _ = self.live.send(Arc::new(env.clone()));
-                        }
+        let built = Built {
+            batch,
+            accepted,
+            staged,
+            head: (self.seq, self.hash.clone()),
+            events: (self.seq - before.seq) as usize,
+            started,
+        };
+        Some((built, before))
+    }
+}
+
+impl Built {
+    /// Answers every appender of the group with 503.
+    fn refuse(self, msg: &str) {
+        for (reply, _) in self.accepted {
+            let _ = reply.send(Err(EventError::Unavailable(msg.to_string())));
+        }
+    }
+}
+
+/// Commits the groups the writer built, in order, and answers their appenders.
+struct Committer {
+    cache: Arc<RecordCache>,
+    head: Arc<RwLock<(u64, String)>>,
+    live: broadcast::Sender<Arc<Envelope>>,
+}
+
+impl Committer {
+    fn run(self, groups: std::sync::mpsc::Receiver<Built>, done: std::sync::mpsc::Sender<bool>) {
+        while let Ok(b) = groups.recv() {
+            let Built {
+                batch,
+                accepted,
+                staged,
+                head,
+                events,
+                started,
+            } = b;
+            match batch.commit() {
+                Ok(()) => {
+                    // Before anyone is answered, so a request that depends on this commit
+                    // never reads a cached record from before it.
+                    self.cache.invalidate(
+                        staged
+                            .iter()
+                            .flat_map(|(ks, w)| w.keys().map(move |k| (*ks, k.as_slice()))),
+                    );
+                    if let Ok(mut h) = self.head.write() {
+                        *h = head;
                     }
-                    let _ = reply.send(Ok(envs));
+                    let _ = done.send(true);
+                    crate::metrics::events_appended(events, started.elapsed());
+                    // Envelopes are cloned for the live tail only while someone tails it.
+                    let tailed = self.live.receiver_count() > 0;
+                    for (reply, envs) in accepted {
+                        if tailed {
+                            for env in &envs {
+                                let _ = self.live.send(Arc::new(env.clone()));
+                            }
+                        }
+                        let _ = reply.send(Ok(envs));
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "event log commit failed; answering 503 and reopening");
-                self.seq = start_seq;
-                self.hash = start_hash;
-                self.last_ts = start_ts;
-                // The tree's edge is read back from disk when the store reopens.
-                self.needs_reopen = true;
-                let msg = format!("event log commit failed: {e}");
-                for (reply, _) in accepted {
-                    let _ = reply.send(Err(EventError::Unavailable(msg.clone())));
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        "event log commit failed; answering 503 and reopening"
+                    );
+                    let _ = done.send(false);
+                    let msg = format!("event log commit failed: {e}");
+                    for (reply, _) in accepted {
+                        let _ = reply.send(Err(EventError::Unavailable(msg.clone())));
+                    }
                 }
             }
         }

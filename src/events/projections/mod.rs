@@ -52,16 +52,19 @@ pub trait Projection: Send + Sync + 'static {
 pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Staged writes per logical keyspace (`None` = delete).
-type Staged = HashMap<&'static str, BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
+pub(crate) type Staged = HashMap<&'static str, BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
 
 /// Staged projection writes of one commit group. Reads see this request's writes, then
-/// earlier requests' writes in the same group, then the keyspace.
+/// earlier requests' writes in the same group, then the writes of the group still being
+/// committed (`in_flight`: the writer builds the next group while the last one syncs),
+/// then the keyspace.
 pub struct ProjectionTx<'a> {
     keyspaces: &'a HashMap<String, Keyspace>,
     owner: &'static [&'static str],
     owner_name: &'static str,
     group: Staged,
     pending: Staged,
+    in_flight: Option<&'a Staged>,
 }
 
 impl<'a> ProjectionTx<'a> {
@@ -72,7 +75,14 @@ impl<'a> ProjectionTx<'a> {
             owner_name: "",
             group: Staged::new(),
             pending: Staged::new(),
+            in_flight: None,
         }
+    }
+
+    /// Reads see `staged` (the writes of a group not yet committed) before the keyspace.
+    pub(crate) fn over(mut self, staged: Option<&'a Staged>) -> Self {
+        self.in_flight = staged;
+        self
     }
 
     pub(crate) fn apply(
@@ -104,26 +114,23 @@ impl<'a> ProjectionTx<'a> {
         self.pending.clear();
     }
 
-    /// Moves the group's writes into `batch`; returns the (logical keyspace, key) of each.
-    pub(crate) fn drain_into(
-        &mut self,
-        batch: &mut fjall::OwnedWriteBatch,
-    ) -> Vec<(&'static str, Vec<u8>)> {
-        let mut written = Vec::new();
-        for (name, writes) in std::mem::take(&mut self.group) {
+    /// Copies the group's writes into `batch` and hands them back (the next group reads
+    /// them while this one commits; the cache is invalidated by their keys).
+    pub(crate) fn drain_into(&mut self, batch: &mut fjall::OwnedWriteBatch) -> Staged {
+        let group = std::mem::take(&mut self.group);
+        for (name, writes) in &group {
             // Keyspace names were checked when staged.
-            let Some(ks) = self.keyspaces.get(name) else {
+            let Some(ks) = self.keyspaces.get(*name) else {
                 continue;
             };
             for (key, value) in writes {
-                written.push((name, key.clone()));
                 match value {
-                    Some(v) => batch.insert(ks, key, v),
-                    None => batch.remove(ks, key),
+                    Some(v) => batch.insert(ks, key.as_slice(), v.as_slice()),
+                    None => batch.remove(ks, key.as_slice()),
                 }
             }
         }
-        written
+        group
     }
 
     /// The owning projection's name for `ks` and its open keyspace.
@@ -145,7 +152,9 @@ impl<'a> ProjectionTx<'a> {
         fn layer<'s>(l: &'s Staged, ks: &str, key: &[u8]) -> Option<&'s Option<Vec<u8>>> {
             l.get(ks).and_then(|m| m.get(key))
         }
-        layer(&self.pending, ks, key).or_else(|| layer(&self.group, ks, key))
+        layer(&self.pending, ks, key)
+            .or_else(|| layer(&self.group, ks, key))
+            .or_else(|| self.in_flight.and_then(|l| layer(l, ks, key)))
     }
 
     pub fn get(&self, ks: &str, key: &[u8]) -> Result<Option<Vec<u8>>, EventError> {
@@ -191,7 +200,11 @@ impl<'a> ProjectionTx<'a> {
             let (k, v) = g.into_inner()?;
             out.insert(k.to_vec(), Some(v.to_vec()));
         }
-        for layer in [&self.group, &self.pending] {
+        let layers = self
+            .in_flight
+            .into_iter()
+            .chain([&self.group, &self.pending]);
+        for layer in layers {
             let Some(writes) = layer.get(ks) else {
                 continue;
             };
