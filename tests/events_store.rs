@@ -234,7 +234,7 @@ async fn mixed_workload(store: &EventStore) {
 const PROJECTIONS: &[&str] = &[
     "users",
     "api_keys",
-    "api_keys_live",
+    "api_keys_live.v2",
     "revoked_tokens",
     "models",
     "config",
@@ -1000,4 +1000,61 @@ fn old_versions_with_floats_hashes_or_single_failures_are_upcast() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn live_key_count_drops_revoked_and_expired_keys_and_survives_a_refold() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let now = chrono::Utc::now();
+    let with_expiry = |key: &str, expires_at| {
+        let mut e = key_created(key, "u1");
+        if let Event::ApiKeyCreated(k) = &mut e {
+            k.expires_at = expires_at;
+        }
+        e
+    };
+    let day = chrono::Duration::days(1);
+    store
+        .append(
+            &ctx("u1"),
+            vec![
+                with_expiry("never", None),
+                with_expiry("tomorrow", Some(now + day)),
+                with_expiry("yesterday", Some(now - day)),
+                key_created("other-user", "u2"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(api_keys::live_count_for_user(&store, "u1", now).unwrap(), 2);
+    // Counted at the time asked: "tomorrow" has expired two days on.
+    let later = now + day * 2;
+    assert_eq!(
+        api_keys::live_count_for_user(&store, "u1", later).unwrap(),
+        1
+    );
+    store
+        .append(
+            &ctx("u1"),
+            vec![Event::ApiKeyRevoked(ApiKeyRevoked {
+                key_id: "never".into(),
+            })],
+        )
+        .await
+        .unwrap();
+    assert_eq!(api_keys::live_count_for_user(&store, "u1", now).unwrap(), 1);
+    assert_eq!(api_keys::live_count_for_user(&store, "u2", now).unwrap(), 1);
+    store.shutdown().await;
+
+    // A replay folds the same counts from the log.
+    admin::replay(dir.path(), false).unwrap();
+    let store = open(dir.path());
+    assert_eq!(api_keys::live_count_for_user(&store, "u1", now).unwrap(), 1);
+    assert_eq!(api_keys::live_count_for_user(&store, "u2", now).unwrap(), 1);
+    assert_eq!(
+        api_keys::live_count_for_user(&store, "nobody", now).unwrap(),
+        0
+    );
+    store.shutdown().await;
 }

@@ -102,21 +102,20 @@ impl Projection for ApiKeysProjection {
     }
 }
 
-/// Each user's unrevoked keys: `u<user>\0<key>` -> expiry (microseconds since the epoch,
-/// big-endian; empty for none) and `k<key>` -> owner, to find the first from a revocation.
-/// A projection of its own, so a data dir from before it is caught up at open.
+/// Each user's unrevoked, unexpired keys in ONE record, `u<user>` -> `{key id: expiry in
+/// microseconds since the epoch, or null}` (entries past their expiry are dropped whenever
+/// the record is written, by the event's time), and `k<key>` -> owner, to find the record
+/// from a revocation. One record read per count: a prefix index would make every count
+/// walk the tombstones of all the keys the user ever revoked. A projection of its own, so
+/// a data dir from before it is caught up at open.
 pub struct ApiKeysLiveProjection;
 
-fn live_user_key(user_id: &str, key_id: &str) -> Vec<u8> {
-    let mut k = live_user_prefix(user_id);
-    k.extend_from_slice(key_id.as_bytes());
-    k
-}
+type LiveKeys = std::collections::BTreeMap<String, Option<i64>>;
 
-fn live_user_prefix(user_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(user_id.len() + 2);
+fn live_user_key(user_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user_id.len() + 1);
     k.push(b'u');
-    k.extend_from_slice(&user_prefix(user_id));
+    k.extend_from_slice(user_id.as_bytes());
     k
 }
 
@@ -127,9 +126,30 @@ fn live_owner_key(key_id: &str) -> Vec<u8> {
     k
 }
 
+/// Rewrites the user's record with `change` applied and expired entries dropped.
+fn update_live(
+    tx: &mut ProjectionTx<'_>,
+    user_id: &str,
+    env: &Envelope,
+    change: impl FnOnce(&mut LiveKeys),
+) -> Result<(), EventError> {
+    let key = live_user_key(user_id);
+    let mut live: LiveKeys = tx.get_json(KS_LIVE, &key)?.unwrap_or_default();
+    change(&mut live);
+    let now = env.ts.timestamp_micros();
+    live.retain(|_, expiry| expiry.is_none_or(|e| e > now));
+    if live.is_empty() {
+        tx.delete(KS_LIVE, key)
+    } else {
+        tx.put_json(KS_LIVE, key, &live)
+    }
+}
+
 impl Projection for ApiKeysLiveProjection {
     fn name(&self) -> &'static str {
-        "api_keys_live"
+        // v2: one record per user (v1, a prefix index, was on main briefly); the new name
+        // folds it again from the start.
+        "api_keys_live.v2"
     }
     fn reads_payload(&self) -> bool {
         false
@@ -140,33 +160,34 @@ impl Projection for ApiKeysLiveProjection {
     fn apply(
         &self,
         tx: &mut ProjectionTx<'_>,
-        _env: &Envelope,
+        env: &Envelope,
         event: &Event,
     ) -> Result<(), EventError> {
         match event {
             Event::ApiKeyCreated(e) => {
-                let expiry = e
-                    .expires_at
-                    .map(|t| t.timestamp_micros().to_be_bytes().to_vec())
-                    .unwrap_or_default();
-                tx.put(KS_LIVE, live_user_key(&e.user_id, &e.key_id), expiry)?;
+                let expiry = e.expires_at.map(|t| t.timestamp_micros());
+                update_live(tx, &e.user_id, env, |live| {
+                    live.insert(e.key_id.clone(), expiry);
+                })?;
                 tx.put(KS_LIVE, live_owner_key(&e.key_id), e.user_id.as_bytes())?;
             }
             Event::ApiKeyRevoked(e) => {
                 let owner = live_owner_key(&e.key_id);
                 if let Some(user) = tx.get(KS_LIVE, &owner)? {
                     let user = String::from_utf8_lossy(&user).into_owned();
-                    tx.delete(KS_LIVE, live_user_key(&user, &e.key_id))?;
+                    update_live(tx, &user, env, |live| {
+                        live.remove(&e.key_id);
+                    })?;
                     tx.delete(KS_LIVE, owner)?;
                 }
             }
             Event::UserDeleted(e) => {
-                let prefix = live_user_prefix(&e.user_id);
-                for (k, _) in tx.scan_prefix(KS_LIVE, &prefix)? {
-                    let key_id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                    tx.delete(KS_LIVE, live_owner_key(&key_id))?;
-                    tx.delete(KS_LIVE, k)?;
+                let key = live_user_key(&e.user_id);
+                let live: LiveKeys = tx.get_json(KS_LIVE, &key)?.unwrap_or_default();
+                for key_id in live.keys() {
+                    tx.delete(KS_LIVE, live_owner_key(key_id))?;
                 }
+                tx.delete(KS_LIVE, key)?;
             }
             _ => {}
         }
@@ -181,13 +202,14 @@ pub fn live_count_for_user(
     now: DateTime<Utc>,
 ) -> Result<usize, EventError> {
     let now = now.timestamp_micros();
-    Ok(store
-        .projection_scan(KS_LIVE, &live_user_prefix(user_id))?
-        .iter()
-        .filter(|(_, expiry)| match <[u8; 8]>::try_from(expiry.as_slice()) {
-            Ok(b) => i64::from_be_bytes(b) > now,
-            Err(_) => true,
-        })
+    let Some(bytes) = store.projection_get(KS_LIVE, &live_user_key(user_id))? else {
+        return Ok(0);
+    };
+    let live: LiveKeys = serde_json::from_slice(&bytes)
+        .map_err(|e| EventError::decode(format!("{KS_LIVE} record"), e))?;
+    Ok(live
+        .values()
+        .filter(|expiry| expiry.is_none_or(|e| e > now))
         .count())
 }
 
