@@ -54,10 +54,47 @@ async fn create_key(ts: &common::TestServer, token: &str, i: usize) -> reqwest::
         .unwrap()
 }
 
+/// The caller's keys, every page.
 async fn key_count(ts: &common::TestServer, token: &str) -> usize {
-    let keys: Value = ts
+    let (mut all, mut cursor) = (0, None::<String>);
+    loop {
+        let url = match &cursor {
+            Some(c) => format!("/api/v1/auth/api-keys?limit=100&cursor={c}"),
+            None => "/api/v1/auth/api-keys?limit=100".to_string(),
+        };
+        let page: Value = ts
+            .client
+            .get(ts.at(&url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        all += page["keys"].as_array().unwrap().len();
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return all,
+        }
+    }
+}
+
+/// Once space returns, whether a key can be created again within 2 s.
+async fn recovers(ts: &common::TestServer, token: &str, from: usize) -> bool {
+    for i in 0..20 {
+        if create_key(ts, token, from + i).await.status() == 201 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+async fn assert_chain_verifies(ts: &common::TestServer, token: &str) {
+    let v: Value = ts
         .client
-        .get(ts.at("/api/v1/auth/api-keys"))
+        .get(ts.at("/api/v1/audit/verify"))
         .bearer_auth(token)
         .send()
         .await
@@ -65,7 +102,7 @@ async fn key_count(ts: &common::TestServer, token: &str) -> usize {
         .json()
         .await
         .unwrap();
-    keys["keys"].as_array().unwrap().len()
+    assert_eq!(v["ok"], true, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,17 +147,11 @@ async fn full_disk_is_503_and_recovers() {
 
     // Space returns: appends work again and the chain verifies.
     std::fs::remove_file(filler).unwrap();
-    let mut recovered = false;
-    for i in 0..20 {
-        let r = create_key(&ts, &token, 1000 + i).await;
-        if r.status() == 201 {
-            created += 1;
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(recovered, "appends succeed again once space returns");
+    assert!(
+        recovers(&ts, &token, 1000).await,
+        "appends succeed again once space returns"
+    );
+    created += 1;
     // A refused append was not acknowledged, but like any failed fsync its outcome is
     // unknown: the journal may still hold it. Either way the projection agrees with the log.
     let listed = key_count(&ts, &token).await;
@@ -130,17 +161,7 @@ async fn full_disk_is_503_and_recovers() {
     );
     let logged = ts.events(&token, "api_key.created").await;
     assert_eq!(logged.len(), listed, "projection == log");
-    let v: Value = ts
-        .client
-        .get(ts.at("/api/v1/audit/verify"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v["ok"], true, "{v}");
+    assert_chain_verifies(&ts, &token).await;
     ts.stop().await;
 }
 
@@ -194,16 +215,11 @@ async fn concurrent_appends_on_a_full_disk_are_201_or_503_and_the_log_agrees() {
     }
     assert!(refused > 0, "a full disk refuses appends");
     std::fs::remove_file(filler).unwrap();
-    let mut recovered = false;
-    for i in 0..20 {
-        if create_key(&ts, &token, 100_000 + i).await.status() == 201 {
-            created += 1;
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(recovered, "appends succeed again once space returns");
+    assert!(
+        recovers(&ts, &token, 100_000).await,
+        "appends succeed again once space returns"
+    );
+    created += 1;
     // Every acknowledged key is there; of the refused ones, only those whose own commit
     // failed may be (a failed fsync's outcome is unknown), never one refused unwritten.
     let listed = ts.events(&token, "api_key.created").await.len();
@@ -211,39 +227,6 @@ async fn concurrent_appends_on_a_full_disk_are_201_or_503_and_the_log_agrees() {
         listed >= created && listed <= created + refused,
         "{listed} keys logged, {created} acknowledged, {refused} refused"
     );
-    let mut all = 0;
-    let mut cursor: Option<String> = None;
-    loop {
-        let url = match &cursor {
-            Some(c) => format!("/api/v1/auth/api-keys?limit=100&cursor={c}"),
-            None => "/api/v1/auth/api-keys?limit=100".to_string(),
-        };
-        let page: Value = ts
-            .client
-            .get(ts.at(&url))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        all += page["keys"].as_array().unwrap().len();
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => break,
-        }
-    }
-    assert_eq!(all, listed, "projection == log");
-    let v: Value = ts
-        .client
-        .get(ts.at("/api/v1/audit/verify"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(key_count(&ts, &token).await, listed, "projection == log");
+    assert_chain_verifies(&ts, &token).await;
 }
