@@ -105,17 +105,28 @@ async fn assert_chain_verifies(ts: &common::TestServer, token: &str) {
     assert_eq!(v["ok"], true, "{v}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_disk_is_503_and_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
+/// A server whose data dir is a fresh 64 MiB tmpfs (mounted under `dir`, at `mnt`).
+async fn start_on_tmpfs(
+    dir: &Path,
+    edit: impl FnOnce(&mut inferno::config::Config),
+) -> (Tmpfs, PathBuf, common::TestServer) {
+    let mnt = dir.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let _tmpfs = Tmpfs::mount(&mnt, "64m");
-    let data = mnt.join("data");
-    let models = dir.path().join("models");
+    let tmpfs = Tmpfs::mount(&mnt, "64m");
+    let (data, models) = (mnt.join("data"), dir.join("models"));
     let ts = common::start_with(move |c| {
         c.storage.data_dir = data;
         c.models.dir = models;
+        edit(c);
+    })
+    .await;
+    (tmpfs, mnt, ts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_is_503_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_tmpfs, mnt, ts) = start_on_tmpfs(dir.path(), |c| {
         c.limits.requests_per_minute = 100_000;
     })
     .await;
@@ -170,20 +181,12 @@ async fn full_disk_is_503_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_on_a_full_disk_are_201_or_503_and_the_log_agrees() {
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let _tmpfs = Tmpfs::mount(&mnt, "64m");
-    let data = mnt.join("data");
-    let models = dir.path().join("models");
-    let ts = std::sync::Arc::new(
-        common::start_with(move |c| {
-            c.storage.data_dir = data;
-            c.models.dir = models;
-            c.limits.requests_per_minute = 1_000_000;
-            c.auth.max_keys_per_user = 100_000;
-        })
-        .await,
-    );
+    let (_tmpfs, mnt, ts) = start_on_tmpfs(dir.path(), |c| {
+        c.limits.requests_per_minute = 1_000_000;
+        c.auth.max_keys_per_user = 100_000;
+    })
+    .await;
+    let ts = std::sync::Arc::new(ts);
     let token = ts.admin_token().await;
     let filler = fill(&mnt);
     // 16 appenders until each has seen a refusal (or made 200 attempts).
