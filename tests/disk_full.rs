@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 struct Tmpfs(PathBuf);
 
@@ -62,16 +62,7 @@ async fn key_count(ts: &common::TestServer, token: &str) -> usize {
             Some(c) => format!("/api/v1/auth/api-keys?limit=100&cursor={c}"),
             None => "/api/v1/auth/api-keys?limit=100".to_string(),
         };
-        let page: Value = ts
-            .client
-            .get(ts.at(&url))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = ts.get_json(token, &url).await;
         all += page["keys"].as_array().unwrap().len();
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
@@ -92,16 +83,7 @@ async fn recovers(ts: &common::TestServer, token: &str, from: usize) -> bool {
 }
 
 async fn assert_chain_verifies(ts: &common::TestServer, token: &str) {
-    let v: Value = ts
-        .client
-        .get(ts.at("/api/v1/audit/verify"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = ts.get_json(token, "/api/v1/audit/verify").await;
     assert_eq!(v["ok"], true, "{v}");
 }
 
