@@ -28,16 +28,16 @@ use super::store::{
     MAX_GROUP_EVENTS,
 };
 
+type Reply = oneshot::Sender<Result<Vec<Envelope>, EventError>>;
+
 pub(super) struct AppendRequest {
     pub(super) ctx: PreparedCtx,
     /// Encoded by the appender (`seal.rs`); the writer only places them in the chain.
     pub(super) events: Vec<Prepared>,
     /// Side keyspace writes committed in the same batch as the events.
     pub(super) side: Vec<SideWrite>,
-    pub(super) reply: oneshot::Sender<Result<Vec<Envelope>, EventError>>,
+    pub(super) reply: Reply,
 }
-
-type Reply = oneshot::Sender<Result<Vec<Envelope>, EventError>>;
 
 /// A group built by the writer, for the committer.
 struct Built {
@@ -134,7 +134,7 @@ impl Writer {
                         self.restore(prev.before);
                         if let Some((b, _)) = built {
                             let msg = "event log commit failed (the group before this one)";
-                            b.refuse(msg);
+                            refuse(b.accepted, msg);
                         }
                         if shutdown.is_some() {
                             break;
@@ -355,12 +355,10 @@ impl Writer {
     }
 }
 
-impl Built {
-    /// Answers every appender of the group with 503.
-    fn refuse(self, msg: &str) {
-        for (reply, _) in self.accepted {
-            let _ = reply.send(Err(EventError::Unavailable(msg.to_string())));
-        }
+/// Answers every appender of a group with 503.
+fn refuse(accepted: Vec<(Reply, Vec<Envelope>)>, msg: &str) {
+    for (reply, _) in accepted {
+        let _ = reply.send(Err(EventError::Unavailable(msg.to_string())));
     }
 }
 
@@ -413,10 +411,7 @@ impl Committer {
                         "event log commit failed; answering 503 and reopening"
                     );
                     let _ = done.send(false);
-                    let msg = format!("event log commit failed: {e}");
-                    for (reply, _) in accepted {
-                        let _ = reply.send(Err(EventError::Unavailable(msg.clone())));
-                    }
+                    refuse(accepted, &format!("event log commit failed: {e}"));
                 }
             }
         }

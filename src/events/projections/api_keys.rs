@@ -112,6 +112,11 @@ pub struct ApiKeysLiveProjection;
 
 type LiveKeys = std::collections::BTreeMap<String, Option<i64>>;
 
+/// Whether a key with `expiry` (microseconds) is unexpired at `now` (microseconds).
+fn unexpired(expiry: &Option<i64>, now: i64) -> bool {
+    expiry.is_none_or(|e| e > now)
+}
+
 fn live_user_key(user_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(user_id.len() + 1);
     k.push(b'u');
@@ -137,7 +142,7 @@ fn update_live(
     let mut live: LiveKeys = tx.get_json(KS_LIVE, &key)?.unwrap_or_default();
     change(&mut live);
     let now = env.ts.timestamp_micros();
-    live.retain(|_, expiry| expiry.is_none_or(|e| e > now));
+    live.retain(|_, expiry| unexpired(expiry, now));
     if live.is_empty() {
         tx.delete(KS_LIVE, key)
     } else {
@@ -202,15 +207,8 @@ pub fn live_count_for_user(
     now: DateTime<Utc>,
 ) -> Result<usize, EventError> {
     let now = now.timestamp_micros();
-    let Some(bytes) = store.projection_get(KS_LIVE, &live_user_key(user_id))? else {
-        return Ok(0);
-    };
-    let live: LiveKeys = serde_json::from_slice(&bytes)
-        .map_err(|e| EventError::decode(format!("{KS_LIVE} record"), e))?;
-    Ok(live
-        .values()
-        .filter(|expiry| expiry.is_none_or(|e| e > now))
-        .count())
+    let live: Option<LiveKeys> = read_json(store, KS_LIVE, &live_user_key(user_id))?;
+    Ok(live.map_or(0, |l| l.values().filter(|e| unexpired(e, now)).count()))
 }
 
 pub fn get(store: &EventStore, key_id: &str) -> Result<Option<ApiKeyRecord>, EventError> {
