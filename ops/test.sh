@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Set up and run every check: formatting, clippy (warnings are errors), and all tests
 # (unit, integration against the real server, end-to-end with the real model, NATS against
-# the nats-server on 127.0.0.1:4222, which ops/nats.sh starts when none answers).
+# the nats-server on 127.0.0.1:4222, which ops/nats.sh starts when none answers, cluster
+# mode against the PostgreSQL on 127.0.0.1:5432, which ops/postgres.sh starts likewise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source ops/build-env.sh
 INFERNO_SETUP_TESTS=1 ops/setup.sh models
 ops/nats.sh
+export INFERNO_TEST_POSTGRES="$(ops/postgres.sh)"
 export INFERNO_TEST_MODEL="${INFERNO_TEST_MODEL:-$PWD/models/gemma-3-270m-q4_k_m.gguf}"
 
 echo "== cargo fmt --check"

@@ -314,11 +314,31 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
     std::fs::create_dir_all(&config.storage.data_dir)
         .with_context(|| format!("creating data dir {}", config.storage.data_dir.display()))?;
     let data_dir = config.storage.data_dir.clone();
+    // Cluster mode: the log is PostgreSQL's, the data dir this node's copy of it.
+    let shared = match (config.storage.backend.as_str(), &config.storage.url) {
+        ("postgres", Some(url)) => {
+            let node = config.node_id();
+            let url = url.expose().to_string();
+            let log = tokio::task::spawn_blocking(move || {
+                crate::events::shared::SharedLog::connect(&url, &node)
+            })
+            .await
+            .context("connecting to the shared event log")?
+            .context("connecting to the shared event log ([storage] url)")?;
+            tracing::info!(
+                node = log.node(),
+                "cluster mode: the event log is shared in PostgreSQL"
+            );
+            Some(log)
+        }
+        _ => None,
+    };
     let store = EventStore::open(
         &data_dir,
         crate::events::projections::default_projections(),
         StoreOptions {
             allow_broken_tail: opts.allow_broken_tail,
+            shared,
             ..StoreOptions::default()
         },
     )
@@ -545,22 +565,9 @@ pub fn queue_settings(config: &Config) -> crate::queue::QueueSettings {
         retention: Duration::from_secs(q.retention_hours.saturating_mul(3600)),
         job_timeout: Duration::from_secs(q.job_timeout_secs),
         concurrency,
-        worker_name: format!("{}-worker", node_name(&config.storage.data_dir)),
+        worker_name: format!("{}-worker", config.node_id()),
         record_content: config.audit.record_content,
     }
-}
-
-/// This node's name: the host name and a short digest of the data dir.
-pub fn node_name(data_dir: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    let digest = hex::encode(Sha256::digest(dir.to_string_lossy().as_bytes()));
-    format!("{host}-{}", &digest[..8])
 }
 
 /// Where a generated first-admin password goes: the controlling terminal when there is

@@ -14,6 +14,15 @@ pub struct HealthStatus {
     pub status: String,
 }
 
+#[derive(Debug, Object)]
+pub struct ReadyStatus {
+    /// `ready`.
+    pub status: String,
+    /// This node's id (`[cluster] node_id`; default: the hostname and a hash of the data
+    /// dir's path).
+    pub node: String,
+}
+
 pub struct HealthApi;
 
 #[OpenApi(tag = "ApiTags::Health")]
@@ -29,10 +38,11 @@ impl HealthApi {
 
     /// Readiness: 503 until the event store and the workers are up. No authentication.
     #[oai(path = "/ready", method = "get", operation_id = "ready")]
-    async fn ready(&self, state: Data<&AppState>) -> Result<Json<HealthStatus>, ApiError> {
+    async fn ready(&self, state: Data<&AppState>) -> Result<Json<ReadyStatus>, ApiError> {
         if state.is_ready() {
-            Ok(Json(HealthStatus {
+            Ok(Json(ReadyStatus {
                 status: "ready".into(),
+                node: state.config().node_id(),
             }))
         } else {
             Err(ApiError::unavailable("starting up", 1))

@@ -143,14 +143,13 @@ impl AuthService {
             .and_then(|v| String::from_utf8(v).ok()))
     }
 
-    /// Checks the password and issues a JWT. Unknown users and wrong passwords fail alike.
-    pub async fn login(
+    /// The user named `username` and why the password does not log them in (`None`: it
+    /// does). Unknown users cost one password check too.
+    async fn check_password(
         &self,
-        ctx: &EventContext,
         username: &str,
         password: &str,
-    ) -> Result<(String, DateTime<Utc>), AuthError> {
-        let failed = || AuthError::Unauthenticated("invalid username or password".into());
+    ) -> Result<(Option<UserRecord>, Option<&'static str>), AuthError> {
         let user = if valid_username(username) {
             users::by_username(&self.store, username)?
         } else {
@@ -168,6 +167,28 @@ impl AuthService {
             (Some(u), true) if u.disabled => Some("user disabled"),
             _ => None,
         };
+        Ok((user, reason))
+    }
+
+    /// Checks the password and issues a JWT. Unknown users and wrong passwords fail alike.
+    pub async fn login(
+        &self,
+        ctx: &EventContext,
+        username: &str,
+        password: &str,
+    ) -> Result<(String, DateTime<Utc>), AuthError> {
+        let failed = || AuthError::Unauthenticated("invalid username or password".into());
+        // The head before the check: a catch-up that lands during it also counts as new.
+        let before = self.store.head().0;
+        let (mut user, mut reason) = self.check_password(username, password).await?;
+        // Cluster mode: a user created, enabled or given a new password on another node
+        // moments ago is not refused for this node's lag (a read barrier, then once more).
+        if reason.is_some() && self.store.node_id().is_some() {
+            self.store.sync().await?;
+            if self.store.head().0 != before {
+                (user, reason) = self.check_password(username, password).await?;
+            }
+        }
         if let Some(reason) = reason {
             crate::metrics::auth_failed(crate::metrics::Credential::Password, reason);
             self.store
@@ -242,10 +263,22 @@ impl AuthService {
         cred: Credential,
         ctx: impl FnOnce() -> EventContext,
     ) -> Result<Principal, AuthError> {
-        let (kind, result) = match cred {
-            Credential::Jwt(token) => ("jwt", self.check_jwt(&token).map_err(|r| (None, r))),
-            Credential::ApiKey(key) => ("api_key", self.check_key(&key)),
+        let check = |cred: &Credential| match cred {
+            Credential::Jwt(token) => ("jwt", self.check_jwt(token).map_err(|r| (None, r))),
+            Credential::ApiKey(key) => ("api_key", self.check_key(key)),
         };
+        let before = self.store.head().0;
+        let (kind, mut result) = check(&cred);
+        // Cluster mode: a key or user created on another node moments ago is not refused
+        // for this node's lag (a read barrier, then once more). Revocations arrive by the
+        // tail (within `events::shared::BACKSTOP`).
+        if result.is_err()
+            && self.store.node_id().is_some()
+            && self.store.sync().await.is_ok()
+            && self.store.head().0 != before
+        {
+            result = check(&cred).1;
+        }
         match result {
             Ok(p) => Ok(p),
             Err((key_id, reason)) => {

@@ -39,7 +39,13 @@ pub const LIVE_KEYS: &[&str] = &[
 ];
 
 /// Settings shown as `"***"` (they may hold passwords or keys).
-pub const SECRET_KEYS: &[&str] = &["auth.jwt_secret", "queue.url", "nats.url", "nats.token"];
+pub const SECRET_KEYS: &[&str] = &[
+    "auth.jwt_secret",
+    "storage.url",
+    "queue.url",
+    "nats.url",
+    "nats.token",
+];
 
 pub fn is_live(key: &str) -> bool {
     LIVE_KEYS.contains(&key)

@@ -66,6 +66,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub metrics: MetricsConfig,
     pub cache: CacheConfig,
+    pub cluster: ClusterConfig,
     /// Where each value came from (`file` or `env`; absent keys are defaults). Filled by
     /// [`Config::load`]; not configuration itself.
     #[serde(skip)]
@@ -204,14 +205,29 @@ impl Default for LimitsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
+    /// "embedded" (the log in the data dir only) or "postgres" (cluster mode: the log in
+    /// PostgreSQL at `url`, the data dir a local copy).
+    pub backend: String,
+    /// PostgreSQL URL when `backend = "postgres"`; may hold a password.
+    pub url: Option<Secret>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./data"),
+            backend: "embedded".into(),
+            url: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's name in events, `/ready` and the queue; default: the hostname and a
+    /// hash of the data dir's path.
+    pub node_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -483,6 +499,24 @@ impl Config {
     }
 
     /// Where `key` (dotted, e.g. `limits.requests_per_minute`) came from.
+    /// `[cluster] node_id`, or the hostname and the first 8 hex digits of SHA-256 over the
+    /// data dir's canonical path (two nodes on one host differ by their data dirs).
+    pub fn node_id(&self) -> String {
+        if let Some(id) = &self.cluster.node_id {
+            return id.clone();
+        }
+        use sha2::{Digest, Sha256};
+        let data_dir = &self.storage.data_dir;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        let digest = hex::encode(Sha256::digest(dir.to_string_lossy().as_bytes()));
+        format!("{host}-{}", &digest[..8])
+    }
+
     pub fn source_of(&self, key: &str) -> Source {
         self.sources.get(key).copied().unwrap_or(Source::Default)
     }
@@ -501,6 +535,31 @@ impl Config {
                 "queue.backend must be \"embedded\" or \"postgres\", not {:?}",
                 self.queue.backend
             )));
+        }
+        match (self.storage.backend.as_str(), &self.storage.url) {
+            ("embedded", _) | ("postgres", Some(_)) => {}
+            ("postgres", None) => {
+                return Err(ConfigError::Invalid(
+                    "storage.url is required with storage.backend = \"postgres\"".into(),
+                ))
+            }
+            (other, _) => {
+                return Err(ConfigError::Invalid(format!(
+                    "storage.backend must be \"embedded\" or \"postgres\", not {other:?}"
+                )))
+            }
+        }
+        if let Some(node) = &self.cluster.node_id {
+            if node.is_empty()
+                || node.len() > 64
+                || !node
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.node_id must be 1-64 letters, digits, '-', '_' or '.', not {node:?}"
+                )));
+            }
         }
         if let Some(tls) = &self.server.tls {
             if !matches!(tls.min_version.as_str(), "1.2" | "1.3") {

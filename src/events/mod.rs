@@ -17,6 +17,8 @@
 //! | `store.rs` | [`EventStore`]: fjall keyspaces, reads, queries, the handle appends go through |
 //! | `seal.rs` | encoding events: the payload off the writer, seq/id/ts/hashes on it |
 //! | `writer.rs` | the single writer: group commit + fsync, hashing over the stored bytes |
+//! | `shared.rs` | cluster mode: the shared log in PostgreSQL (head lock, fetch, commit, LISTEN tail) |
+//! | `remote.rs` | cluster mode: the writer folding other nodes' events into this node's copy |
 //! | `merkle.rs` | the RFC 6962 Merkle tree beside the chain: tiles in fjall, the writer's right edge, proofs |
 //! | `transparency.rs` | roots and proofs of the stored tree, building it for an old log |
 //! | `verify.rs` | chain verification over the stored bytes, [`VerifyReport`] |
@@ -37,7 +39,9 @@ pub mod migrate;
 pub mod projections;
 mod query;
 mod raw;
+mod remote;
 mod seal;
+pub mod shared;
 mod side;
 mod store;
 mod transparency;

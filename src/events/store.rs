@@ -91,6 +91,9 @@ pub struct StoreOptions {
     /// opened so leaves the tree behind, and the next normal open catches it up).
     #[doc(hidden)]
     pub without_tree: bool,
+    /// Cluster mode: the shared log this store is a copy of (`shared.rs`). `open` joins
+    /// it (seeding an empty one from this data dir) and catches up before it returns.
+    pub shared: Option<Arc<super::shared::SharedLog>>,
 }
 
 /// A filter over the log. Bounds are exclusive seqs; `limit` is clamped to 1..=1000.
@@ -364,11 +367,11 @@ pub(crate) fn read_u64(ks: &Keyspace, key: &[u8]) -> Result<Option<u64>, EventEr
 
 pub(crate) type SharedHandles = Arc<RwLock<Option<Arc<Handles>>>>;
 
-struct Inner {
+pub(super) struct Inner {
     data_dir: PathBuf,
     handles: SharedHandles,
     head: Arc<RwLock<(u64, String)>>,
-    tx: mpsc::Sender<WriterMsg>,
+    pub(super) tx: mpsc::Sender<WriterMsg>,
     live: broadcast::Sender<Arc<Envelope>>,
     lock: Mutex<Option<File>>,
     projections: Vec<Arc<dyn Projection>>,
@@ -377,12 +380,17 @@ struct Inner {
     read_only: Option<u64>,
     /// Decoded projection records, invalidated by the writer after each commit.
     cache: Arc<RecordCache>,
+    /// Cluster mode: the shared log, and the stop of its tail.
+    pub(super) shared: Option<(
+        Arc<super::shared::SharedLog>,
+        tokio_util::sync::CancellationToken,
+    )>,
 }
 
 /// Handle to the event log. Cheap to clone; all clones share one writer.
 #[derive(Clone)]
 pub struct EventStore {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for EventStore {
@@ -464,6 +472,8 @@ impl EventStore {
         let (tx, rx) = mpsc::channel(8192);
         let (live, _) = broadcast::channel(4096);
         let cache = Arc::new(RecordCache::default());
+        let nudged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready, joined) = std::sync::mpsc::channel();
         let writer = Writer {
             cache: cache.clone(),
             data_dir: data_dir.to_path_buf(),
@@ -476,10 +486,28 @@ impl EventStore {
             last_ts: head_ts,
             needs_reopen: false,
             tree,
+            shared: opts.shared.clone(),
+            nudged: nudged.clone(),
+            ready: opts.shared.is_some().then_some(ready),
         };
         std::thread::Builder::new()
             .name("inferno-event-writer".into())
             .spawn(move || writer.run(rx))?;
+        let shared = match opts.shared {
+            None => None,
+            Some(log) => {
+                joined.recv().map_err(|_| {
+                    to_unavailable("the event writer stopped while joining the shared log")
+                })??;
+                let stop = tokio_util::sync::CancellationToken::new();
+                super::shared::tail(
+                    &log,
+                    super::shared::nudger(tx.clone(), head.clone(), nudged),
+                    stop.clone(),
+                );
+                Some((log, stop))
+            }
+        };
         Ok(EventStore {
             inner: Arc::new(Inner {
                 data_dir: data_dir.to_path_buf(),
@@ -491,6 +519,7 @@ impl EventStore {
                 projections,
                 read_only,
                 cache,
+                shared,
             }),
         })
     }
@@ -691,6 +720,9 @@ impl EventStore {
     /// Drains the writer (appends already queued are committed), closes the database and
     /// releases the directory lock. Later calls on any clone return `Unavailable`.
     pub async fn shutdown(&self) {
+        if let Some((_, stop)) = &self.inner.shared {
+            stop.cancel();
+        }
         let (ack, done) = oneshot::channel();
         if self.inner.tx.send(WriterMsg::Shutdown(ack)).await.is_ok() {
             let _ = done.await;

@@ -8,6 +8,11 @@
 //! only once group `n` has committed; if that commit fails, group `n + 1` is refused with
 //! it (it was built on its state), the head goes back to before `n`, and the writer
 //! reopens the database. At most one group is in flight, so a 2xx still means synced.
+//!
+//! In cluster mode (`shared.rs`) the writer first locks the shared log's head, catches up
+//! what other nodes appended (`remote.rs`), builds its group on top and commits it to
+//! PostgreSQL, the commit point, before fjall; groups are then not pipelined (the next one
+//! must see this one's head in PostgreSQL).
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -23,12 +28,13 @@ use super::error::EventError;
 use super::merkle::TreeEdge;
 use super::projections::{Projection, ProjectionTx, Staged};
 use super::seal::{Place, Prepared, PreparedCtx};
+use super::shared::{SharedLog, SideRow};
 use super::store::{
     checkpoint_key, index_key, seq_key, to_unavailable, Handles, SharedHandles, SideWrite,
     MAX_GROUP_EVENTS,
 };
 
-type Reply = oneshot::Sender<Result<Vec<Envelope>, EventError>>;
+pub(super) type Reply = oneshot::Sender<Result<Vec<Envelope>, EventError>>;
 
 pub(super) struct AppendRequest {
     pub(super) ctx: PreparedCtx,
@@ -40,22 +46,28 @@ pub(super) struct AppendRequest {
 }
 
 /// A group built by the writer, for the committer.
-struct Built {
-    batch: fjall::OwnedWriteBatch,
-    accepted: Vec<(Reply, Vec<Envelope>)>,
+pub(super) struct Built {
+    pub(super) batch: fjall::OwnedWriteBatch,
+    pub(super) accepted: Vec<(Reply, Vec<Envelope>)>,
+    /// Callers waiting for the node to catch up with the shared log (answered with `[]`).
+    pub(super) waiters: Vec<Reply>,
+    /// Events other nodes appended, caught up in this group (for the live tail).
+    pub(super) remote: Vec<Envelope>,
     /// The group's projection writes (read by the next group; their keys leave the cache).
-    staged: Arc<Staged>,
+    pub(super) staged: Arc<Staged>,
     /// The head after the group.
-    head: (u64, String),
-    events: usize,
-    started: std::time::Instant,
+    pub(super) head: (u64, String),
+    pub(super) events: usize,
+    pub(super) started: std::time::Instant,
 }
 
 /// The writer's state before a group, to go back to when its commit fails.
-struct Before {
-    seq: u64,
+pub(super) struct Before {
+    pub(super) seq: u64,
     hash: String,
     last_ts: Option<DateTime<Utc>>,
+    /// The tree's edge, kept in cluster mode so a refused group needs no reopen.
+    tree: Option<TreeEdge>,
 }
 
 /// The group being committed: its writes, and the state before it.
@@ -66,6 +78,8 @@ struct InFlight {
 
 pub(super) enum WriterMsg {
     Append(AppendRequest),
+    /// Catch up with the shared log (cluster mode), answering when done.
+    CatchUp(Option<Reply>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -85,6 +99,12 @@ pub(super) struct Writer {
     /// The Merkle tree's right edge; `None` when the store was opened without the tree
     /// (benchmarks only).
     pub(super) tree: Option<TreeEdge>,
+    /// The shared log, in cluster mode.
+    pub(super) shared: Option<Arc<SharedLog>>,
+    /// Set while a catch-up request from the tail is queued (so it queues one at most).
+    pub(super) nudged: Arc<std::sync::atomic::AtomicBool>,
+    /// Told once the node has joined the shared log (cluster mode).
+    pub(super) ready: Option<std::sync::mpsc::Sender<Result<(), EventError>>>,
 }
 
 impl Writer {
@@ -95,6 +115,7 @@ impl Writer {
             cache: self.cache.clone(),
             head: self.head.clone(),
             live: self.live.clone(),
+            shared: self.shared.is_some(),
         };
         let committer = std::thread::Builder::new()
             .name("inferno-event-commit".into())
@@ -108,8 +129,20 @@ impl Writer {
         };
         let mut in_flight: Option<InFlight> = None;
         let mut shutdown = None;
+        if let Some(ready) = self.ready.take() {
+            let joined = self.join_shared(&to_commit, &done);
+            let failed = joined.is_err();
+            let _ = ready.send(joined);
+            if failed {
+                drop(to_commit);
+                let _ = committer.join();
+                return;
+            }
+        }
         while let Some(first) = rx.blocking_recv() {
             let mut group = Vec::new();
+            let mut waiters = Vec::new();
+            let mut catch_up = false;
             let mut n = 0;
             let mut next = Some(first);
             while let Some(msg) = next.take() {
@@ -122,13 +155,31 @@ impl Writer {
                         n += req.events.len();
                         group.push(req);
                     }
+                    WriterMsg::CatchUp(waiter) => {
+                        catch_up = true;
+                        waiters.extend(waiter);
+                    }
                 }
                 if n < MAX_GROUP_EVENTS {
                     next = rx.try_recv().ok();
                 }
             }
-            if !group.is_empty() {
-                let built = self.build_group(group, in_flight.as_ref().map(|f| &*f.staged));
+            if catch_up {
+                self.nudged
+                    .store(false, std::sync::atomic::Ordering::Release);
+            }
+            if self.shared.is_none() {
+                // One log, one node: always caught up.
+                waiters.drain(..).for_each(|w| {
+                    let _ = w.send(Ok(Vec::new()));
+                });
+            }
+            if !group.is_empty() || !waiters.is_empty() || (catch_up && self.shared.is_some()) {
+                let built = if group.is_empty() {
+                    self.build_catch_up(waiters)
+                } else {
+                    self.build_group(group, waiters, in_flight.as_ref().map(|f| &*f.staged))
+                };
                 if let Some(prev) = in_flight.take() {
                     if !done.recv().unwrap_or(false) {
                         self.restore(prev.before);
@@ -151,6 +202,14 @@ impl Writer {
                         tracing::error!("the event committer stopped");
                         break;
                     }
+                    // Cluster mode: the next group must start from this one's head.
+                    if self.shared.is_some() {
+                        if let Some(prev) = in_flight.take() {
+                            if !done.recv().unwrap_or(false) {
+                                self.restore(prev.before);
+                            }
+                        }
+                    }
                 }
             }
             if shutdown.is_some() {
@@ -172,14 +231,35 @@ impl Writer {
 
     /// Back to before a group whose commit failed; the database is reopened (and the
     /// tree's edge read back from it) before the next group.
-    fn restore(&mut self, before: Before) {
+    pub(super) fn restore(&mut self, before: Before) {
         self.seq = before.seq;
         self.hash = before.hash;
         self.last_ts = before.last_ts;
         self.needs_reopen = true;
     }
 
-    fn current_handles(&mut self) -> Result<Arc<Handles>, EventError> {
+    /// Back to before a group that never reached the disk (PostgreSQL refused it): the
+    /// local state is unchanged, so no reopen.
+    pub(super) fn undo(&mut self, before: Before) {
+        self.seq = before.seq;
+        self.hash = before.hash;
+        self.last_ts = before.last_ts;
+        match before.tree {
+            Some(t) => self.tree = Some(t),
+            None => self.needs_reopen = true,
+        }
+    }
+
+    pub(super) fn before(&self) -> Before {
+        Before {
+            seq: self.seq,
+            hash: self.hash.clone(),
+            last_ts: self.last_ts,
+            tree: self.shared.as_ref().and(self.tree.clone()),
+        }
+    }
+
+    pub(super) fn current_handles(&mut self) -> Result<Arc<Handles>, EventError> {
         if self.needs_reopen {
             self.reopen()?;
         }
@@ -215,7 +295,7 @@ impl Writer {
         Ok(())
     }
 
-    fn next_ts(&mut self) -> DateTime<Utc> {
+    pub(super) fn next_ts(&mut self) -> DateTime<Utc> {
         let now = Utc::now();
         let now = now
             .duration_trunc(TimeDelta::microseconds(1))
@@ -231,6 +311,7 @@ impl Writer {
     fn build_group(
         &mut self,
         group: Vec<AppendRequest>,
+        waiters: Vec<Reply>,
         in_flight: Option<&Staged>,
     ) -> Option<(Built, Before)> {
         let h = match self.current_handles() {
@@ -239,15 +320,12 @@ impl Writer {
                 for req in group {
                     let _ = req.reply.send(Err(to_unavailable(&e)));
                 }
+                refuse_waiters(waiters, &e);
                 return None;
             }
         };
         let started = std::time::Instant::now();
-        let before = Before {
-            seq: self.seq,
-            hash: self.hash.clone(),
-            last_ts: self.last_ts,
-        };
+        let before = self.before();
         let mut tx = ProjectionTx::new(&h.projection_ks).over(in_flight);
         let mut accepted: Vec<(Reply, Vec<Envelope>)> = Vec::new();
         // Sized for the group (events, their two index entries, projection records,
@@ -259,6 +337,25 @@ impl Writer {
         let mut batch = fjall::OwnedWriteBatch::with_capacity(h.db.clone(), items + 64)
             .durability(Some(PersistMode::SyncAll));
         let mut buf = Vec::with_capacity(1024);
+        // Cluster mode: the head locked in PostgreSQL and everything before it folded in.
+        let mut remote = Vec::new();
+        let mut pg = None;
+        if let Some(shared) = self.shared.clone() {
+            match self.lock_and_catch_up(&shared, &h, &mut tx, &mut batch, &mut remote) {
+                Ok(t) => pg = Some((shared, t)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot append to the shared event log");
+                    for req in group {
+                        let _ = req.reply.send(Err(to_unavailable(&e)));
+                    }
+                    refuse_waiters(waiters, &e);
+                    self.undo(before);
+                    return None;
+                }
+            }
+        }
+        let mut pg_events = Vec::new();
+        let mut pg_side = Vec::new();
 
         for req in group {
             let (seq0, hash0, ts0) = (self.seq, self.hash.clone(), self.last_ts);
@@ -301,6 +398,14 @@ impl Writer {
                     if let Some(tree) = &mut self.tree {
                         leaves.into_iter().for_each(|leaf| tree.push(leaf));
                     }
+                    if pg.is_some() {
+                        let first = envs.first().map_or(0, |e| e.seq);
+                        pg_events.extend(envs.iter().zip(&stored).map(|(e, b)| (e.seq, b.clone())));
+                        pg_side.extend(req.side.iter().map(|w| SideRow {
+                            seq: first,
+                            write: w.clone(),
+                        }));
+                    }
                     for (env, bytes) in envs.iter().zip(stored) {
                         batch.insert(&h.events, seq_key(env.seq), bytes);
                         batch.insert(&h.by_type, index_key(&env.r#type, env.seq), b"".to_vec());
@@ -324,10 +429,51 @@ impl Writer {
                 }
             }
         }
-        if accepted.is_empty() {
+        if let Some((shared, t)) = pg {
+            let committed = if accepted.is_empty() {
+                shared.rollback(t);
+                Ok(())
+            } else {
+                shared.commit(t, pg_events, pg_side, (self.seq, self.hash.clone()))
+            };
+            if let Err(e) = committed {
+                tracing::warn!(error = %e, "the shared event log refused a group");
+                for (reply, _) in accepted {
+                    let _ = reply.send(Err(to_unavailable(&e)));
+                }
+                refuse_waiters(waiters, &e);
+                self.undo(before);
+                return None;
+            }
+        }
+        if accepted.is_empty() && remote.is_empty() {
+            waiters.into_iter().for_each(|w| {
+                let _ = w.send(Ok(Vec::new()));
+            });
             return None;
         }
-        let staged = Arc::new(tx.drain_into(&mut batch));
+        let staged = self.finish_batch(&h, tx, &mut batch);
+        let built = Built {
+            batch,
+            accepted,
+            waiters,
+            remote,
+            staged,
+            head: (self.seq, self.hash.clone()),
+            events: (self.seq - before.seq) as usize,
+            started,
+        };
+        Some((built, before))
+    }
+
+    /// Adds the group's projection writes, tree tiles and checkpoints to its batch.
+    pub(super) fn finish_batch(
+        &mut self,
+        h: &super::store::Handles,
+        mut tx: ProjectionTx<'_>,
+        batch: &mut fjall::OwnedWriteBatch,
+    ) -> Arc<Staged> {
+        let staged = Arc::new(tx.drain_into(batch));
         if let Some(tree) = &mut self.tree {
             for (key, tile) in tree.take_writes() {
                 match tile {
@@ -343,15 +489,14 @@ impl Writer {
                 seq_key(self.seq).to_vec(),
             );
         }
-        let built = Built {
-            batch,
-            accepted,
-            staged,
-            head: (self.seq, self.hash.clone()),
-            events: (self.seq - before.seq) as usize,
-            started,
-        };
-        Some((built, before))
+        staged
+    }
+}
+
+/// Answers callers waiting for a catch-up with the error that stopped it.
+pub(super) fn refuse_waiters(waiters: Vec<Reply>, e: &EventError) {
+    for w in waiters {
+        let _ = w.send(Err(to_unavailable(e)));
     }
 }
 
@@ -367,6 +512,8 @@ struct Committer {
     cache: Arc<RecordCache>,
     head: Arc<RwLock<(u64, String)>>,
     live: broadcast::Sender<Arc<Envelope>>,
+    /// Cluster mode: a group is committed once PostgreSQL has it.
+    shared: bool,
 }
 
 impl Committer {
@@ -375,6 +522,8 @@ impl Committer {
             let Built {
                 batch,
                 accepted,
+                waiters,
+                remote,
                 staged,
                 head,
                 events,
@@ -396,6 +545,14 @@ impl Committer {
                     crate::metrics::events_appended(events, started.elapsed());
                     // Envelopes are cloned for the live tail only while someone tails it.
                     let tailed = self.live.receiver_count() > 0;
+                    if tailed {
+                        for env in remote {
+                            let _ = self.live.send(Arc::new(env));
+                        }
+                    }
+                    for w in waiters {
+                        let _ = w.send(Ok(Vec::new()));
+                    }
                     for (reply, envs) in accepted {
                         if tailed {
                             for env in &envs {
@@ -411,7 +568,17 @@ impl Committer {
                         "event log commit failed; answering 503 and reopening"
                     );
                     let _ = done.send(false);
-                    refuse(accepted, &format!("event log commit failed: {e}"));
+                    let msg = format!("event log commit failed: {e}");
+                    refuse_waiters(waiters, &EventError::Unavailable(msg.clone()));
+                    if self.shared {
+                        // Committed in the shared log, which this node catches up from
+                        // once it has reopened its copy.
+                        for (reply, envs) in accepted {
+                            let _ = reply.send(Ok(envs));
+                        }
+                    } else {
+                        refuse(accepted, &msg);
+                    }
                 }
             }
         }

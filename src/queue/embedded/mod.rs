@@ -26,6 +26,11 @@ use crate::stream::StreamHub;
 
 pub(super) const PAYLOADS: &str = "job_payloads";
 pub(super) const RESULTS: &str = "job_results";
+/// Cluster mode with the embedded queue: the jobs this node queued, in a side keyspace
+/// written directly (so it stays on this node). Each node loads, runs and recovers only
+/// its own jobs, never another node's from the shared log; the shared queue is
+/// `[queue] backend = "postgres"`.
+pub(super) const LOCAL_JOBS: &str = "job_local";
 /// How long an `Idempotency-Key` maps to its job.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -216,7 +221,11 @@ impl EmbeddedQueue {
             paused: proj::is_paused(&store)?,
             ..State::default()
         };
+        let clustered = store.node_id().is_some();
         for id in proj::queued_ids(&store)? {
+            if clustered && store.side_get(LOCAL_JOBS, id.as_bytes())?.is_none() {
+                continue;
+            }
             if let Some(j) = proj::get(&store, &id)? {
                 state.insert_ready(&j);
             }
@@ -419,6 +428,11 @@ impl EmbeddedQueue {
         let orphans: Vec<JobRecord> = orphans
             .into_iter()
             .filter(|j| j.status == "running" && j.updated_at <= cutoff)
+            // Cluster mode: another node's running job is that node's to recover.
+            .filter(|j| {
+                self.store.node_id().is_none()
+                    || j.worker.as_deref() == Some(self.settings.worker_name.as_str())
+            })
             .filter(|j| !self.lock().running.contains_key(&j.job_id))
             .collect();
         let reason = if older_than.is_zero() {

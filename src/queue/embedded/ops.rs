@@ -32,6 +32,12 @@ impl JobQueue for EmbeddedQueue {
         });
         let side = vec![SideWrite::put(PAYLOADS, job_id.as_bytes(), payload)];
         let appended = self.store.append_with(ctx, vec![event], side).await;
+        if appended.is_ok() && self.store.node_id().is_some() {
+            // Cluster mode: only this node runs it (see `LOCAL_JOBS`).
+            let _ = self
+                .store
+                .side_put_buffered(LOCAL_JOBS, job_id.as_bytes(), b"");
+        }
         let mut s = self.lock();
         self.unreserve(&mut s, &job.owner, idem.as_deref());
         let ts = appended?.first().map_or_else(Utc::now, |e| e.ts);
