@@ -331,3 +331,174 @@ async fn a_data_dir_of_another_log_is_refused() {
     assert!(!stderr.contains(&db.url), "the URL is not shown");
     assert!(n1.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_changed_in_postgres_is_refused() {
+    let db = Database::fresh().await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let n1 = node(&db, &dir, "n1").await;
+    let n2 = node(&db, &dir, "n2").await;
+    let n2_dir = n2.data_dir.clone();
+    assert!(n2.terminate().success());
+    // While node 2 is down, node 1 appends; then someone with write access to the
+    // database changes one of those events (a role, in place).
+    let admin = n1.admin_token(&client).await;
+    create_user(&client, &n1, &admin, "mallory").await;
+    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let changed = sqlx::query_scalar::<_, i64>(
+        "UPDATE inferno.events \
+         SET stored = convert_to(replace(convert_from(stored, 'UTF8'), '\"role\":\"user\"', '\"role\":\"admin\"'), 'UTF8') \
+         WHERE convert_from(stored, 'UTF8') LIKE '%\"username\":\"mallory\"%' RETURNING seq",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    // Node 2 checks every event it takes: it refuses to start on the changed one.
+    let out = std::process::Command::new(inferno_bin())
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(&n2_dir)
+        .envs(cluster_env(&db, "n2"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "node 2 took a changed event: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("seq {changed}")) && stderr.contains("hash does not match"),
+        "the error names the event: {stderr}"
+    );
+    assert!(n1.terminate().success());
+}
+
+/// A TCP proxy to the PostgreSQL server that can be cut (every connection dropped, the port
+/// refusing) and restored on the same port: PostgreSQL going away, for one node only.
+struct Proxy {
+    port: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    async fn start(port: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = postgres_server();
+        let upstream = upstream.rsplit('@').next().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut down, _)) = listener.accept().await else {
+                    return;
+                };
+                let upstream = upstream.clone();
+                conns.spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            task: Some(task),
+        }
+    }
+
+    /// Drops every proxied connection and stops listening.
+    async fn cut(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_refuses_writes_and_serves_reads() {
+    let db = Database::fresh().await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut proxy = Proxy::start(0).await;
+    let url = db.url.replace(
+        postgres_server().rsplit('@').next().unwrap(),
+        &format!("127.0.0.1:{}", proxy.port),
+    );
+    let data = dir.path().join("n1");
+    let mut env = cluster_env(&db, "n1");
+    env[1] = ("INFERNO_STORAGE__URL", url.as_str());
+    let n1 = spawn_server(&data, &env).await;
+    let admin = n1.admin_token(&client).await;
+    create_user(&client, &n1, &admin, "before").await;
+
+    proxy.cut().await;
+    // A mutation: 503 in the documented error body, naming the shared log.
+    let r = client
+        .post(n1.at("/api/v1/users"))
+        .bearer_auth(&admin)
+        .json(&json!({"username": "during", "password": "during-password-1234", "role": "user"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "SERVICE_UNAVAILABLE", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shared event log"),
+        "{body}"
+    );
+    assert!(
+        !body.to_string().contains(&url),
+        "no URL in the error: {body}"
+    );
+    // Reads from the node's copy go on, authenticated by a known credential.
+    let users = n1.get_json(&client, &admin, "/api/v1/users").await;
+    let names: Vec<&str> = users["users"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{users}"))
+        .iter()
+        .filter_map(|u| u["username"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"before") && !names.contains(&"during"),
+        "{names:?}"
+    );
+
+    // PostgreSQL back (same port): writes work again, with nothing lost or doubled.
+    let _proxy = Proxy::start(proxy.port).await;
+    let mut created = false;
+    for _ in 0..100 {
+        let r = client
+            .post(n1.at("/api/v1/users"))
+            .bearer_auth(&admin)
+            .json(&json!({"username": "after", "password": "after-password-1234", "role": "user"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 201 {
+            created = true;
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(created, "writes did not come back with PostgreSQL");
+    let created_events = db
+        .query_i64(
+            "SELECT count(*) FROM inferno.events \
+             WHERE convert_from(stored, 'UTF8')::jsonb->>'type' = 'user.created'",
+        )
+        .await;
+    assert_eq!(
+        created_events, 3,
+        "admin, before, after: once each, never during"
+    );
+    assert!(n1.terminate().success());
+    verify(&data);
+}

@@ -176,3 +176,48 @@ fn nats_errors_name_the_key_but_not_the_url() {
         .to_string();
     assert!(err.contains("event"), "{err}");
 }
+
+#[test]
+fn cluster_keys_load_and_the_url_never_shows() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ops/cluster/cluster.toml");
+    let url = "postgres://inferno:pg-secret-password-42@db.internal:5432/inferno";
+    let cfg = Config::load_from(Some(&path), env(&[("INFERNO_STORAGE__URL", url)]))
+        .expect("ops/cluster/cluster.toml loads");
+    assert_eq!(cfg.storage.backend, "postgres");
+    assert_eq!(cfg.storage.url.as_ref().unwrap().expose(), url);
+    assert_eq!(cfg.node_id(), "node-1");
+    assert!(!format!("{cfg:?}").contains("pg-secret-password"));
+    assert!(!cfg.redacted_toml().contains("pg-secret-password"));
+    // The backend without its URL, an unknown backend, a bad node id: errors naming the key.
+    for (pairs, key) in [
+        (vec![], "storage.url"),
+        (
+            vec![
+                ("INFERNO_STORAGE__URL", url),
+                ("INFERNO_STORAGE__BACKEND", "sqlite"),
+            ],
+            "storage.backend",
+        ),
+        (
+            vec![
+                ("INFERNO_STORAGE__URL", url),
+                ("INFERNO_CLUSTER__NODE_ID", "node 1"),
+            ],
+            "cluster.node_id",
+        ),
+    ] {
+        let err = Config::load_from(Some(&path), env(&pairs))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{key}: {err}");
+        assert!(!err.contains("pg-secret-password"), "{err}");
+    }
+    // Unset, the node id is the hostname and a hash of the data dir: stable, and different
+    // for two data dirs on one host.
+    let mut a = Config::default();
+    a.storage.data_dir = "/var/lib/inferno-a".into();
+    let mut b = a.clone();
+    b.storage.data_dir = "/var/lib/inferno-b".into();
+    assert_eq!(a.node_id(), a.clone().node_id());
+    assert_ne!(a.node_id(), b.node_id());
+}

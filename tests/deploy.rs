@@ -343,3 +343,47 @@ fn dockerfile_passes_hadolint() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The cluster drop-in (`ops/cluster/inferno.service.d/cluster.conf`) loads with the unit:
+/// `systemd-analyze verify` reads drop-ins beside the unit file it is given.
+#[test]
+fn the_cluster_drop_in_verifies_with_the_unit() {
+    let drop_in = repo_file("ops/cluster/inferno.service.d/cluster.conf");
+    let keys = parse_unit(&drop_in);
+    assert_eq!(
+        keys["Service"]["Environment"].first().map(String::as_str),
+        Some("INFERNO_STORAGE__BACKEND=postgres")
+    );
+    assert!(
+        !drop_in
+            .lines()
+            .any(|l| !l.trim_start().starts_with('#') && l.contains("STORAGE__URL")),
+        "the URL (a secret) belongs in the environment file, not the unit"
+    );
+    let Some(analyze) = systemd_analyze() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let text = repo_file("ops/inferno.service")
+        .replace("/usr/local/bin/inferno", env!("CARGO_BIN_EXE_inferno"));
+    std::fs::write(dir.path().join("inferno.service"), text).unwrap();
+    let d = dir.path().join("inferno.service.d");
+    std::fs::create_dir(&d).unwrap();
+    // A drop-in key systemd does not know would be reported like one in the unit.
+    std::fs::write(d.join("cluster.conf"), &drop_in).unwrap();
+    let out = Command::new(&analyze)
+        .arg("verify")
+        .arg(dir.path().join("inferno.service"))
+        .output()
+        .expect("run systemd-analyze verify");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let about: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("inferno.service") || l.contains("cluster.conf"))
+        .collect();
+    assert!(
+        out.status.success() && about.is_empty(),
+        "systemd-analyze verify with the drop-in: {}\n{stderr}",
+        out.status
+    );
+}

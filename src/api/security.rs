@@ -28,7 +28,13 @@ impl From<EventError> for ApiError {
         match e {
             EventError::Unavailable(msg) => {
                 tracing::error!(error = %msg, "event store unavailable");
-                ApiError::unavailable("storage is unavailable; try again later", 5)
+                // Which store, never why (the detail is in the log).
+                let shown = if msg.contains(crate::events::shared::UNAVAILABLE) {
+                    "the shared event log (PostgreSQL) is unavailable; try again later"
+                } else {
+                    "storage is unavailable; try again later"
+                };
+                ApiError::unavailable(shown, 5)
             }
             other => ApiError::internal(other),
         }

@@ -714,15 +714,11 @@ impl Config {
     /// The configuration as TOML with secrets masked, for `inferno config show`-style dumps.
     pub fn redacted_toml(&self) -> String {
         let mut value = toml::Value::try_from(self).unwrap_or(toml::Value::Boolean(false));
-        mask(
-            &mut value,
-            &[
-                ("auth", "jwt_secret"),
-                ("queue", "url"),
-                ("nats", "url"),
-                ("nats", "token"),
-            ],
-        );
+        let secrets: Vec<(&str, &str)> = live::SECRET_KEYS
+            .iter()
+            .filter_map(|k| k.split_once('.'))
+            .collect();
+        mask(&mut value, &secrets);
         toml::to_string_pretty(&value).unwrap_or_default()
     }
 }

@@ -135,22 +135,28 @@ impl Writer {
     }
 
     /// A group that only folds in what other nodes appended (the tail's nudge, a caller's
-    /// read barrier); `None` when there was nothing new (the waiters are answered).
-    pub(super) fn build_catch_up(&mut self, waiters: Vec<Reply>) -> Option<(Built, Before)> {
-        let shared = self.shared.clone()?;
+    /// read barrier); `None` when there was nothing new. The waiters are answered on
+    /// every path but the group's commit.
+    pub(super) fn build_catch_up(
+        &mut self,
+        waiters: Vec<Reply>,
+    ) -> Result<Option<(Built, Before)>, EventError> {
+        let Some(shared) = self.shared.clone() else {
+            return Ok(None);
+        };
         let started = std::time::Instant::now();
         let h = match self.current_handles() {
             Ok(h) => h,
             Err(e) => {
                 refuse_waiters(waiters, &e);
-                return None;
+                return Err(e);
             }
         };
         let before = self.before();
         let mut tx = ProjectionTx::new(&h.projection_ks);
         let mut batch = fjall::OwnedWriteBatch::with_capacity(h.db.clone(), 1024);
         let mut out = Vec::new();
-        let mut folded = (|| {
+        let folded = (|| {
             for _ in 0..MAX_FETCHES {
                 let (_, remote) = shared.fetch(None, self.seq)?;
                 let n = remote.len();
@@ -161,18 +167,26 @@ impl Writer {
             }
             Ok::<_, EventError>(())
         })();
+        if folded.is_ok() && std::mem::take(&mut self.catch_up_failing) {
+            tracing::info!("caught up with the shared event log again");
+        }
         if folded.is_ok() && out.is_empty() {
             for w in waiters {
                 let _ = w.send(Ok(Vec::new()));
             }
-            return None;
+            return Ok(None);
         }
-        if let Err(e) = folded.as_mut() {
-            tracing::error!(error = %e, "cannot catch up with the shared event log");
+        if let Err(e) = &folded {
+            // Once per outage: the tail asks again every backstop tick.
+            if !self.catch_up_failing {
+                tracing::error!(error = %e, "cannot catch up with the shared event log");
+            }
+            self.catch_up_failing = true;
             refuse_waiters(waiters, e);
             self.undo(before);
-            return None;
+            return folded.map(|_| None);
         }
+
         let staged = self.finish_batch(&h, tx, &mut batch);
         let built = Built {
             batch,
@@ -184,7 +198,7 @@ impl Writer {
             events: (self.seq - before.seq) as usize,
             started,
         };
-        Some((built, before))
+        Ok(Some((built, before)))
     }
 
     /// Joins the shared log at start-up: seeds it from this data dir when it is empty,
@@ -224,7 +238,7 @@ impl Writer {
             }
         }
         loop {
-            let Some((built, before)) = self.build_catch_up(Vec::new()) else {
+            let Some((built, before)) = self.build_catch_up(Vec::new())? else {
                 return Ok(());
             };
             if to_commit.send(built).is_err() || !done.recv().unwrap_or(false) {

@@ -72,11 +72,12 @@ impl Drop for SharedLog {
     }
 }
 
-/// A PostgreSQL error as the 503 clients see: what failed, never the URL or credentials.
+/// How every error of the shared log begins (the API names the store by it).
+pub const UNAVAILABLE: &str = "the shared event log (PostgreSQL) is unavailable";
+
+/// A PostgreSQL error, for the log: what failed, never the URL or credentials.
 pub(crate) fn unavailable(what: &str, e: impl std::fmt::Display) -> EventError {
-    EventError::Unavailable(format!(
-        "the shared event log (PostgreSQL) is unavailable: {what}: {e}"
-    ))
+    EventError::Unavailable(format!("{UNAVAILABLE}: {what}: {e}"))
 }
 
 fn to_seq(v: i64) -> Result<u64, EventError> {
@@ -381,16 +382,31 @@ pub(crate) fn tail(
     let pool = log.pool();
     rt.spawn(async move {
         let mut listener: Option<PgListener> = None;
+        let (mut last_try, mut failing) = (None::<std::time::Instant>, false);
         let mut tick = tokio::time::interval(BACKSTOP);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if listener.is_none() {
-                match PgListener::connect_with(&pool).await {
-                    Ok(mut l) => match l.listen(CHANNEL).await {
-                        Ok(()) => listener = Some(l),
-                        Err(e) => tracing::warn!(error = %e, "LISTEN on the shared log failed"),
-                    },
-                    Err(e) => tracing::warn!(error = %e, "cannot connect the shared log's listener"),
+            // Reconnect at most once a second; say so once per outage, and when it ends.
+            if listener.is_none() && last_try.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                last_try = Some(std::time::Instant::now());
+                let listening = async {
+                    let mut l = PgListener::connect_with(&pool).await?;
+                    l.listen(CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(l)
+                };
+                match listening.await {
+                    Ok(l) => {
+                        if failing {
+                            tracing::info!("the shared log's listener is connected again");
+                        }
+                        failing = false;
+                        listener = Some(l);
+                    }
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "the shared log's listener cannot connect; polling until it can");
+                    }
+                    Err(_) => {}
                 }
             }
             enum Woke {
@@ -417,8 +433,8 @@ pub(crate) fn tail(
                 Woke::Note(Ok(None)) => nudge(None),
                 Woke::Note(Err(e)) => {
                     tracing::warn!(error = %e, "the shared log's listener failed; reconnecting");
+                    failing = true;
                     listener = None;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }

@@ -489,6 +489,7 @@ impl EventStore {
             shared: opts.shared.clone(),
             nudged: nudged.clone(),
             ready: opts.shared.is_some().then_some(ready),
+            catch_up_failing: false,
         };
         std::thread::Builder::new()
             .name("inferno-event-writer".into())

@@ -105,6 +105,8 @@ pub(super) struct Writer {
     pub(super) nudged: Arc<std::sync::atomic::AtomicBool>,
     /// Told once the node has joined the shared log (cluster mode).
     pub(super) ready: Option<std::sync::mpsc::Sender<Result<(), EventError>>>,
+    /// The last catch-up failed (logged once until one succeeds).
+    pub(super) catch_up_failing: bool,
 }
 
 impl Writer {
@@ -176,7 +178,7 @@ impl Writer {
             }
             if !group.is_empty() || !waiters.is_empty() || (catch_up && self.shared.is_some()) {
                 let built = if group.is_empty() {
-                    self.build_catch_up(waiters)
+                    self.build_catch_up(waiters).ok().flatten()
                 } else {
                     self.build_group(group, waiters, in_flight.as_ref().map(|f| &*f.staged))
                 };
@@ -255,7 +257,7 @@ impl Writer {
             seq: self.seq,
             hash: self.hash.clone(),
             last_ts: self.last_ts,
-            tree: self.shared.as_ref().and(self.tree.clone()),
+            tree: self.shared.as_ref().and_then(|_| self.tree.clone()),
         }
     }
 
