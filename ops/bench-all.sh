@@ -9,6 +9,7 @@
 #   auth       load-tests/auth_load.sh          (wrk: /health vs /auth/me with a key, a JWT)
 #   queue      load-tests/queue_load.sh         (wrk: durable enqueue through the API)
 #   events     cargo run --example events_bench (event log, Merkle tree, verify, replay)
+#   cluster    cargo run --example cluster_bench (shared log in PostgreSQL: 1-3 nodes vs embedded)
 #   soak       load-tests/soak.py (RSS, fds, p99 before/during/after 10 minutes of mixed load)
 #
 # Each writes its usual output to RESULTS/NAME.log and its figures as JSON lines to
@@ -27,7 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source ops/build-env.sh
 
-ALL="inference stream prefix sse mixed auth queue events soak"
+ALL="inference stream prefix sse mixed auth queue events cluster soak"
 ONLY="${BENCH_ONLY:-${ALL// /,}}"
 QUICK="${BENCH_QUICK:-0}"
 RESULTS="${1:-$HOME/.cache/inferno/bench-results/$(date -u +%Y%m%dT%H%M%SZ)}"
@@ -52,14 +53,14 @@ BENCH_QUICK="$QUICK" python3 ops/bench-report.py --collect-machine >"$RESULTS/ma
 : >"$RESULTS/status.jsonl"
 
 if [[ "$QUICK" == 1 ]]; then
-    wrk_duration=2s; wrk_rounds=1; events_n=20000; soak_minutes=0.5
+    wrk_duration=2s; wrk_rounds=1; events_n=20000; cluster_n=20; soak_minutes=0.5
     inference_args=(--max-tokens 16 --rounds 1 --passes 1)
     prefix_args=(--rounds 2)
     stream_args=(--max-tokens 16 --rounds 1 --passes 1 --consumers 10)
     sse_args=(--jobs 2 --consumers 5 --max-tokens 16)
     mixed_env=(WRK_DURATION=3s INFER_MAX_TOKENS=16)
 else
-    wrk_duration=8s; wrk_rounds=5; events_n=1000000; soak_minutes=10
+    wrk_duration=8s; wrk_rounds=5; events_n=1000000; cluster_n=200; soak_minutes=10
     inference_args=(--max-tokens 64 --passes 6)
     prefix_args=(--rounds 5)
     stream_args=(--passes 3)
@@ -78,6 +79,10 @@ bench_mixed() { env "${mixed_env[@]}" BENCH_JSONL="$1" load-tests/mixed_load.sh;
 bench_auth() { WRK_DURATION="$wrk_duration" WRK_ROUNDS="$wrk_rounds" BENCH_JSONL="$1" load-tests/auth_load.sh; }
 bench_queue() { WRK_DURATION="$wrk_duration" BENCH_JSONL="$1" load-tests/queue_load.sh; }
 bench_events() { EVENTS_BENCH_JSONL="$1" cargo run --example events_bench -- "$events_n"; }
+bench_cluster() {
+    CLUSTER_BENCH_POSTGRES="${INFERNO_TEST_POSTGRES:-$(ops/postgres.sh)}" EVENTS_BENCH_JSONL="$1" \
+        cargo run --example cluster_bench -- "$cluster_n"
+}
 bench_soak() {
     python3 load-tests/soak.py --inferno-bin "$INFERNO_BIN" --model models/gemma-3-270m-q4_k_m.gguf \
         --minutes "$soak_minutes" --jsonl-out "$1"

@@ -50,6 +50,11 @@ BENCHES = [
      "Durable enqueue through POST /api/v1/jobs (queue paused, 64 connections)."),
     ("events", "Event log", "cargo run --example events_bench",
      "Durable appends, the Merkle tree's cost, proofs, verification, start-up and replay."),
+    ("cluster", "Cluster mode", "cargo run --example cluster_bench",
+     "Durable single-event appends by 64 appenders through the shared log in PostgreSQL with 1, 2 "
+     "and 3 nodes in one process, beside the embedded store (two rounds each, alternating), and the "
+     "delay until an append on one node reaches another's live tail. All on one 2-core machine with "
+     "PostgreSQL: the control plane, not inference scale-out."),
     ("soak", "Soak", "ops/soak.sh",
      "Mixed control-plane load (API-key and JWT reads, logins, key create and revoke, queued jobs) "
      "at the highest rate of a doubling ramp with zero errors, beside two inference clients, for "

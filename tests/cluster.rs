@@ -166,6 +166,13 @@ async fn three_nodes_share_one_log() {
         assert_eq!(ready_node(&client, n).await, name);
     }
     let admin = n1.admin_token(&client).await;
+    // Each node lists its own worker, named after it.
+    let queue = n2.get_json(&client, &admin, "/api/v1/queue").await;
+    let workers = queue["workers"].as_array().unwrap_or_else(|| panic!("{queue}"));
+    assert!(
+        !workers.is_empty() && workers.iter().all(|w| w["node"] == "n2"),
+        "{queue}"
+    );
 
     // A user created on node 1 logs in on node 3 at once.
     let password = create_user(&client, &n1, &admin, "alice").await;

@@ -31,6 +31,8 @@ pub struct ModelCount {
 #[derive(Debug, Object)]
 pub struct Worker {
     pub name: String,
+    /// The node it runs on (`[cluster] node_id`; in cluster mode each node lists its own).
+    pub node: String,
     pub last_heartbeat: DateTime<Utc>,
     /// Ids of the jobs it runs now.
     pub running_jobs: Vec<String>,
@@ -177,6 +179,7 @@ impl QueueApi {
         _auth: Auth<perm::ManageQueue>,
     ) -> Result<Json<QueueOverview>, ApiError> {
         let s = state.queue().stats()?;
+        let node = state.config().node_id();
         Ok(Json(QueueOverview {
             by_status: s
                 .by_status
@@ -198,6 +201,7 @@ impl QueueApi {
                 .into_iter()
                 .map(|w| Worker {
                     name: w.name,
+                    node: node.clone(),
                     last_heartbeat: w.last_heartbeat,
                     running_jobs: w.running_jobs,
                 })
