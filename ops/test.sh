@@ -25,6 +25,17 @@ trap 'kill $capture 2>/dev/null || true; rm -rf "$log" "$INFERNO_LEAK_DIR"' EXIT
 set +e
 cargo test --all-targets --no-fail-fast -- --test-threads 2 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+echo "== the API suites again, each server a cluster node on the shared log (INFERNO_TEST_CLUSTER)"
+INFERNO_TEST_CLUSTER="$INFERNO_TEST_POSTGRES" cargo test --no-fail-fast \
+  --test auth --test escalation --test permissions --test sessions --test audit_api \
+  --test restart --test transparency --test upgrade --test runtime_config \
+  -- --test-threads 2 2>&1 | tee -a "$log"
+cluster_status=${PIPESTATUS[0]}
+[ "$status" -eq 0 ] && status=$cluster_status
+# Each of those servers made a database of its own.
+psql "$INFERNO_TEST_POSTGRES/postgres" -qtAc \
+  "SELECT 'DROP DATABASE ' || quote_ident(datname) || ' WITH (FORCE);' FROM pg_database WHERE datname LIKE 'inferno_suite_%'" \
+  | psql "$INFERNO_TEST_POSTGRES/postgres" -q >/dev/null || true
 echo "== cargo test --doc"
 cargo test --doc 2>&1 | tee -a "$log"
 doc_status=${PIPESTATUS[0]}

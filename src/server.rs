@@ -502,6 +502,33 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
         }
     });
 
+    // Cluster mode: a setting changed on another node changes here too.
+    if state.store().node_id().is_some() {
+        let weak = Arc::downgrade(&state.inner);
+        let mut changes = state.store().subscribe();
+        tokio::spawn(async move {
+            loop {
+                match changes.recv().await {
+                    Ok(env) if env.r#type == "config.changed" => {}
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let state = AppState { inner };
+                let live = state.live_config();
+                let _one_at_a_time = live.update.lock().await;
+                match crate::events::projections::config::get_all(state.store()) {
+                    Ok(stored) => {
+                        let config = live.reload(stored);
+                        state.apply_live(&config);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading the runtime configuration"),
+                }
+            }
+        });
+    }
+
     // Rate-limit state for principals and login keys that went quiet is dropped every minute.
     let weak = Arc::downgrade(&state.inner);
     tokio::spawn(async move {

@@ -168,7 +168,9 @@ async fn three_nodes_share_one_log() {
     let admin = n1.admin_token(&client).await;
     // Each node lists its own worker, named after it.
     let queue = n2.get_json(&client, &admin, "/api/v1/queue").await;
-    let workers = queue["workers"].as_array().unwrap_or_else(|| panic!("{queue}"));
+    let workers = queue["workers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{queue}"));
     assert!(
         !workers.is_empty() && workers.iter().all(|w| w["node"] == "n2"),
         "{queue}"
@@ -220,6 +222,34 @@ async fn three_nodes_share_one_log() {
     }
     let refused = refused.expect("node 1 still accepts a key revoked on node 2 after 1 s");
     println!("revocation reached node 1 after {refused:?}");
+
+    // A setting changed on node 1 is in force on node 3 within a second.
+    let r = client
+        .patch(n1.at("/api/v1/config"))
+        .bearer_auth(&admin)
+        .json(&json!({"limits": {"max_prompt_chars": 4321}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let changed = Instant::now();
+    let setting = |v: &Value| {
+        v["settings"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["key"] == "limits.max_prompt_chars"))
+            .map(|s| (s["value"].clone(), s["source"].clone()))
+    };
+    let mut seen = None;
+    while changed.elapsed() < Duration::from_secs(1) {
+        let v = n3.get_json(&client, &admin, "/api/v1/config").await;
+        if setting(&v).is_some_and(|(value, _)| value == 4321) {
+            seen = setting(&v);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, source) = seen.expect("node 3 still has the old setting after 1 s");
+    assert_eq!(source, "runtime");
 
     // Appends from every node at once: each lands exactly once, in one gap-free chain.
     let mut tasks = Vec::new();

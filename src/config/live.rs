@@ -178,30 +178,7 @@ impl LiveConfig {
     /// `base` (file and environment) with `stored` (the `config` projection) laid over it.
     /// A stored key that is no longer live or no longer valid is skipped with a warning.
     pub fn new(base: Config, stored: BTreeMap<String, Value>) -> Self {
-        let mut overrides = BTreeMap::new();
-        // The configuration with every override accepted so far.
-        let mut current = None;
-        for (key, value) in stored {
-            if value.is_null() {
-                continue;
-            }
-            if !is_live(&key) {
-                tracing::warn!(
-                    key,
-                    "ignoring a runtime setting that can no longer change live"
-                );
-                continue;
-            }
-            let mut candidate = overrides.clone();
-            candidate.insert(key.clone(), value);
-            match rebuild(&base, &candidate) {
-                Ok(config) => {
-                    overrides = candidate;
-                    current = Some(config);
-                }
-                Err(error) => tracing::warn!(key, error, "ignoring an invalid runtime setting"),
-            }
-        }
+        let (overrides, current) = accepted(&base, stored);
         let current = current.unwrap_or_else(|| base.clone());
         Self {
             base,
@@ -212,6 +189,52 @@ impl LiveConfig {
         }
     }
 
+    /// Lays `stored` (the `config` projection as it is now) over the base again: in
+    /// cluster mode, a change another node made. Hold [`LiveConfig::update`] around it.
+    pub fn reload(&self, stored: BTreeMap<String, Value>) -> Arc<Config> {
+        let (overrides, current) = accepted(&self.base, stored);
+        let config = Arc::new(current.unwrap_or_else(|| self.base.clone()));
+        *self.overrides.lock().expect("config overrides lock") = overrides;
+        self.current.store(config.clone());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        config
+    }
+}
+
+/// The stored overrides that are still live and valid, in key order, and the
+/// configuration with all of them (`None`: none).
+fn accepted(
+    base: &Config,
+    stored: BTreeMap<String, Value>,
+) -> (BTreeMap<String, Value>, Option<Config>) {
+    let mut overrides = BTreeMap::new();
+    // The configuration with every override accepted so far.
+    let mut current = None;
+    for (key, value) in stored {
+        if value.is_null() {
+            continue;
+        }
+        if !is_live(&key) {
+            tracing::warn!(
+                key,
+                "ignoring a runtime setting that can no longer change live"
+            );
+            continue;
+        }
+        let mut candidate = overrides.clone();
+        candidate.insert(key.clone(), value);
+        match rebuild(base, &candidate) {
+            Ok(config) => {
+                overrides = candidate;
+                current = Some(config);
+            }
+            Err(error) => tracing::warn!(key, error, "ignoring an invalid runtime setting"),
+        }
+    }
+    (overrides, current)
+}
+
+impl LiveConfig {
     /// The effective configuration now.
     pub fn get(&self) -> Arc<Config> {
         self.current.load_full()

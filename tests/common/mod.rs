@@ -31,7 +31,33 @@ pub fn test_config(dir: &tempfile::TempDir) -> Config {
     cfg.storage.data_dir = dir.path().join("data");
     cfg.models.dir = dir.path().join("models");
     cfg.models.threads = 1;
+    if let Some(server) = std::env::var("INFERNO_TEST_CLUSTER")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        cluster_mode(&mut cfg, &server);
+    }
     cfg
+}
+
+/// `INFERNO_TEST_CLUSTER=postgres://user@host:port`: every test server is a cluster node on
+/// a fresh database of that PostgreSQL server (its shared log), so the whole API suite runs
+/// against the shared log (README, "Cluster mode").
+fn cluster_mode(cfg: &mut Config, server: &str) {
+    let name = format!("inferno_suite_{}", uuid::Uuid::new_v4().simple());
+    let out = std::process::Command::new("psql")
+        .arg(format!("{server}/postgres"))
+        .args(["-qc", &format!("CREATE DATABASE {name}")])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "create database: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cfg.storage.backend = "postgres".into();
+    cfg.storage.url = Some(inferno::config::Secret::new(format!("{server}/{name}")));
+    cfg.cluster.node_id = Some("suite-node".into());
 }
 
 pub async fn start() -> TestServer {
