@@ -16,6 +16,8 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod common;
+
 use inferno::events::shared::SharedLog;
 use inferno::events::*;
 use sqlx::Connection;
@@ -40,18 +42,7 @@ fn event(i: usize) -> Event {
 }
 
 fn figure(case: &str, metric: &str, value: f64) {
-    let Some(path) = std::env::var_os("EVENTS_BENCH_JSONL") else {
-        return;
-    };
-    let line = serde_json::json!({
-        "bench": "cluster", "case": case, "metric": metric, "subject": "inferno", "value": value,
-    });
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .expect("open EVENTS_BENCH_JSONL");
-    std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes()).expect("write figure");
+    common::figure("cluster", case, metric, value);
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {

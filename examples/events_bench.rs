@@ -20,6 +20,8 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod common;
+
 use inferno::events::admin;
 use inferno::events::*;
 use inferno::inference::SamplingParams;
@@ -79,20 +81,8 @@ fn ctx() -> EventContext {
     }
 }
 
-/// Appends one figure to `EVENTS_BENCH_JSONL`, when set.
 fn figure(case: &str, metric: &str, value: f64) {
-    let Some(path) = std::env::var_os("EVENTS_BENCH_JSONL") else {
-        return;
-    };
-    let line = serde_json::json!({
-        "bench": "events", "case": case, "metric": metric, "subject": "inferno", "value": value,
-    });
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .expect("open EVENTS_BENCH_JSONL");
-    std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes()).expect("write figure");
+    common::figure("events", case, metric, value);
 }
 
 fn ms(d: Duration) -> f64 {

@@ -76,14 +76,7 @@ async fn node(db: &Database, dir: &tempfile::TempDir, name: &str) -> Spawned {
 }
 
 async fn ready_node(client: &reqwest::Client, n: &Spawned) -> String {
-    let r: Value = client
-        .get(n.at("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = n.public_json(client, "/ready").await;
     assert_eq!(r["status"], "ready", "{r}");
     r["node"].as_str().unwrap().to_string()
 }

@@ -564,6 +564,12 @@ impl Spawned {
             .expect("JSON body")
     }
 
+    /// GET `path` without a credential; the JSON body, whatever the status.
+    pub async fn public_json(&self, client: &reqwest::Client, path: &str) -> Value {
+        let r = client.get(self.at(path)).send().await.expect("GET");
+        r.json().await.expect("JSON body")
+    }
+
     /// SIGTERM and wait (graceful).
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = std::process::Command::new("kill")
