@@ -321,52 +321,40 @@ async fn insert_and_commit(
         seqs.push(to_i64(seq)?);
         stored.push(bytes);
     }
+    let (mut s, mut ord, mut ks, mut key, mut value) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, row) in side.into_iter().enumerate() {
+        s.push(to_i64(row.seq)?);
+        ord.push(i as i32);
+        ks.push(row.write.keyspace);
+        key.push(row.write.key);
+        value.push(row.write.value);
+    }
+    let seq = to_i64(head.0)?;
+    // One round trip for the group: events, side writes, head and notification in one
+    // statement (data-modifying CTEs), then the commit.
     sqlx::query(
-        "INSERT INTO inferno.events (seq, stored, node) \
-         SELECT s, b, $3 FROM UNNEST($1::bigint[], $2::bytea[]) AS t(s, b)",
+        "WITH e AS (INSERT INTO inferno.events (seq, stored, node) \
+                    SELECT s, b, $3 FROM UNNEST($1::bigint[], $2::bytea[]) AS t(s, b)), \
+              w AS (INSERT INTO inferno.side_writes (seq, ord, keyspace, key, value) \
+                    SELECT * FROM UNNEST($4::bigint[], $5::int[], $6::text[], $7::bytea[], $8::bytea[])), \
+              h AS (UPDATE inferno.log_head SET seq = $9, hash = $10 WHERE id = 1) \
+         SELECT pg_notify($11, $9::text)",
     )
     .bind(&seqs)
     .bind(&stored)
     .bind(&node)
+    .bind(&s)
+    .bind(&ord)
+    .bind(&ks)
+    .bind(&key)
+    .bind(&value)
+    .bind(seq)
+    .bind(&head.1)
+    .bind(CHANNEL)
     .execute(&mut *tx)
     .await
-    .map_err(|e| unavailable("inserting events", e))?;
-    if !side.is_empty() {
-        let (mut s, mut ord, mut ks, mut key, mut value) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (i, row) in side.into_iter().enumerate() {
-            s.push(to_i64(row.seq)?);
-            ord.push(i as i32);
-            ks.push(row.write.keyspace);
-            key.push(row.write.key);
-            value.push(row.write.value);
-        }
-        sqlx::query(
-            "INSERT INTO inferno.side_writes (seq, ord, keyspace, key, value) \
-             SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::bytea[], $5::bytea[])",
-        )
-        .bind(&s)
-        .bind(&ord)
-        .bind(&ks)
-        .bind(&key)
-        .bind(&value)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| unavailable("inserting side writes", e))?;
-    }
-    let seq = to_i64(head.0)?;
-    sqlx::query("UPDATE inferno.log_head SET seq = $1, hash = $2 WHERE id = 1")
-        .bind(seq)
-        .bind(&head.1)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| unavailable("moving the head", e))?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(seq.to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| unavailable("notifying", e))?;
+    .map_err(|e| unavailable("appending", e))?;
     tx.commit().await.map_err(|e| unavailable("committing", e))
 }
 
