@@ -154,6 +154,8 @@ impl Writer {
         };
         let before = self.before();
         let mut tx = ProjectionTx::new(&h.projection_ks);
+        // Not synced: PostgreSQL holds these events, and a copy lost in a crash is fetched
+        // again (the batch is atomic, its checkpoints with it); the next append syncs it.
         let mut batch = fjall::OwnedWriteBatch::with_capacity(h.db.clone(), 1024);
         let mut out = Vec::new();
         let folded = (|| {

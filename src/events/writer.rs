@@ -297,7 +297,7 @@ impl Writer {
         Ok(())
     }
 
-    pub(super) fn next_ts(&mut self) -> DateTime<Utc> {
+    fn next_ts(&mut self) -> DateTime<Utc> {
         let now = Utc::now();
         let now = now
             .duration_trunc(TimeDelta::microseconds(1))
