@@ -146,6 +146,20 @@ fn verify(data_dir: &std::path::Path) {
     );
 }
 
+/// Runs `inferno serve` as cluster node `name` on `data_dir`, which must fail to start
+/// (`why` otherwise); its stderr.
+fn refused_start(data_dir: &std::path::Path, db: &Database, name: &str, why: &str) -> String {
+    let out = std::process::Command::new(inferno_bin())
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .envs(cluster_env(db, name))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{why}: {stderr}");
+    stderr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_one_log() {
     let db = Database::fresh().await;
@@ -346,14 +360,7 @@ async fn a_data_dir_of_another_log_is_refused() {
     let other = dir.path().join("other");
     let solo = spawn_server(&other, &[]).await;
     assert!(solo.terminate().success());
-    let out = std::process::Command::new(inferno_bin())
-        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(&other)
-        .envs(cluster_env(&db, "n2"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started on a foreign log: {stderr}");
+    let stderr = refused_start(&other, &db, "n2", "started on a foreign log");
     assert!(
         stderr.contains("start this node with an empty data dir"),
         "the error says what to do: {stderr}"
@@ -385,17 +392,7 @@ async fn an_event_changed_in_postgres_is_refused() {
     .await
     .unwrap();
     // Node 2 checks every event it takes: it refuses to start on the changed one.
-    let out = std::process::Command::new(inferno_bin())
-        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(&n2_dir)
-        .envs(cluster_env(&db, "n2"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "node 2 took a changed event: {stderr}"
-    );
+    let stderr = refused_start(&n2_dir, &db, "n2", "node 2 took a changed event");
     assert!(
         stderr.contains(&format!("seq {changed}")) && stderr.contains("hash does not match"),
         "the error names the event: {stderr}"
