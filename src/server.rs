@@ -46,6 +46,8 @@ struct Inner {
     /// Signed checkpoints of the log's Merkle tree.
     checkpoints: Arc<Checkpointer>,
     responses: Arc<ResponseCache>,
+    /// `[cluster] node_id` (or its default), worked out once at start.
+    node_id: String,
 }
 
 /// Start-up choices that are not configuration.
@@ -114,6 +116,11 @@ impl AppState {
         if let Err(e) = crate::logging::set_level(&config.logging.level) {
             tracing::warn!(error = %e, "changing the log level");
         }
+    }
+
+    /// This node's id, as `/ready` and the queue's workers show it.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
     }
 
     /// The response cache (`[cache] responses`).
@@ -452,6 +459,7 @@ pub async fn start(config: Config, opts: StartOptions) -> anyhow::Result<Running
             nats,
             checkpoints,
             responses,
+            node_id: config.node_id(),
         }),
     };
 

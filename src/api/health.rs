@@ -42,7 +42,7 @@ impl HealthApi {
         if state.is_ready() {
             Ok(Json(ReadyStatus {
                 status: "ready".into(),
-                node: state.config().node_id(),
+                node: state.node_id().to_string(),
             }))
         } else {
             Err(ApiError::unavailable("starting up", 1))

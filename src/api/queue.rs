@@ -179,7 +179,7 @@ impl QueueApi {
         _auth: Auth<perm::ManageQueue>,
     ) -> Result<Json<QueueOverview>, ApiError> {
         let s = state.queue().stats()?;
-        let node = state.config().node_id();
+        let node = state.node_id();
         Ok(Json(QueueOverview {
             by_status: s
                 .by_status
@@ -201,7 +201,7 @@ impl QueueApi {
                 .into_iter()
                 .map(|w| Worker {
                     name: w.name,
-                    node: node.clone(),
+                    node: node.to_string(),
                     last_heartbeat: w.last_heartbeat,
                     running_jobs: w.running_jobs,
                 })

@@ -498,7 +498,6 @@ impl Config {
         Ok(config)
     }
 
-    /// Where `key` (dotted, e.g. `limits.requests_per_minute`) came from.
     /// `[cluster] node_id`, or the hostname and the first 8 hex digits of SHA-256 over the
     /// data dir's canonical path (two nodes on one host differ by their data dirs).
     pub fn node_id(&self) -> String {
@@ -517,6 +516,7 @@ impl Config {
         format!("{host}-{}", &digest[..8])
     }
 
+    /// Where `key` (dotted, e.g. `limits.requests_per_minute`) came from.
     pub fn source_of(&self, key: &str) -> Source {
         self.sources.get(key).copied().unwrap_or(Source::Default)
     }
